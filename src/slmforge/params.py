@@ -67,6 +67,7 @@ class EvalParams:
     max_new_tokens: int
     batch_size: int
     max_test_items: int  # 0: all
+    max_probes: int  # 0: all
     seed: int
     abstain_markers: list[str]
 

@@ -169,7 +169,7 @@ def train(*, train_rows: list[dict], val_rows: list[dict], data_files: list[Path
         warmup_steps=params.warmup_ratio,  # a float below 1 is a ratio of the total steps
         weight_decay=params.weight_decay,
         max_grad_norm=params.max_grad_norm,
-        max_length=params.max_seq_len,
+        max_length=None if params.packing else params.max_seq_len,  # pack_rounds truncated and packed already
         # Rows are packed by pack_rounds already; padding-free collation turns their seq_lengths into
         # position_ids, which keep packed examples apart in attention (TRL passes use_cache=False).
         packing=False,

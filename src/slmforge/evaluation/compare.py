@@ -43,6 +43,8 @@ def compare(*, test_rows: list[dict], probes: list[dict], model_params: ModelPar
     card = json.loads((adapter_dir / "slmforge_adapter.json").read_text())
     if params.max_test_items:
         test_rows = test_rows[: params.max_test_items]
+    if params.max_probes:
+        probes = probes[: params.max_probes]
     model, tokenizer = load_base(model_params, base_dir, base_json)
     if template_fingerprint(tokenizer) != card["template_sha256"]:
         raise UserError(f"{adapter_dir} was trained with another chat template than models/base has: "

@@ -1,0 +1,178 @@
+"""The whole DAG as a user runs it, in a fresh copy of the repo, on the tiny train and eval profiles.
+
+One module-scoped project; the tests run in file order and build on each other like a user session:
+repro, no-op repro, the adapter in a fresh process, a param change that re-runs exactly train and
+evaluate (killed mid-train and resumed), push and pull into a fresh clone, and an experiment queue.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def sh(cmd: str, cwd: Path, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DVC_")}
+    env.update(PATH=f"{BIN}:{env['PATH']}", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.run(cmd, shell=True, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"`{cmd}` failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def ran(output: str) -> list[str]:
+    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")]
+
+
+def set_conf(repo: Path, rel: str, key: str, value: str) -> None:
+    path = repo / "conf" / rel
+    lines = [f"{key}: {value}" if line.startswith(f"{key}:") else line for line in path.read_text().splitlines()]
+    path.write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    top = tmp_path_factory.mktemp("e2e")
+    repo = top / "repo"
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    for rel in files:
+        if rel == "dvc.lock" or rel.startswith(("metrics/", "reports/")):
+            continue  # start as a fresh clone would before its first run
+        if (ROOT / rel).exists():
+            (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / rel, repo / rel)
+    config = repo / "conf" / "config.yaml"
+    config.write_text(config.read_text().replace("train: cpu", "train: tiny").replace("eval: default", "eval: tiny"))
+    sh("git init -q && git config user.email t@t && git config user.name t", repo)
+    sh("python -m slmforge.cli compose && git add -A && git commit -qm init", repo)
+    return repo
+
+
+def test_repro_runs_the_whole_dag(repo):
+    out = sh("dvc repro", repo).stdout
+    assert ran(out) == ["base", "collect@sample", "chatml", "split", "train", "evaluate"]
+    metrics = json.loads((repo / "metrics/eval.json").read_text())
+    for side in ("base", "tuned", "delta"):
+        for key in ("perplexity", "token_accuracy", "rouge_l", "probe_accuracy", "hallucination_rate"):
+            assert isinstance(metrics[side][key], float), (side, key)
+    train = json.loads((repo / "metrics/train/metrics.json").read_text())
+    assert {"train_eval_gap", "overfit_flag", "best_eval_loss"} <= set(train)
+    assert (repo / "metrics/train/plots/metrics/train/loss.tsv").exists()
+    assert (repo / "metrics/train/plots/metrics/eval/loss.tsv").exists()
+    report = (repo / "reports/eval.md").read_text()
+    assert report.startswith("# Evaluation") and "probe_accuracy" in report
+    card = (repo / "models/adapter/README.md").read_text()
+    assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in card
+    assert not list((repo / "checkpoints/train").glob("*/checkpoint-*"))  # cleaned after success
+    sh("git add -A && git commit -qm run", repo)
+
+
+def test_second_repro_executes_nothing(repo):
+    out = sh("dvc repro", repo).stdout
+    assert ran(out) == [], out
+
+
+def test_adapter_loads_with_plain_peft_in_a_fresh_process(repo):
+    item = next(json.loads(line) for line in (repo / "reports/eval_items.jsonl").read_text().splitlines()
+                if json.loads(line)["kind"] == "probe")
+    probe = next(json.loads(line) for line in (repo / "data/split/probes.jsonl").read_text().splitlines()
+                 if json.loads(line)["id"] == item["id"])
+    script = textwrap.dedent(f"""
+        import json, torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+        from peft import PeftModel
+        messages = json.loads({json.dumps(json.dumps(probe["messages"][:-1]))})
+        dtype = torch.bfloat16 if "avx512_bf16" in open("/proc/cpuinfo").read() else torch.float32
+        q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                               bnb_4bit_compute_dtype=dtype)
+        tok = AutoTokenizer.from_pretrained("models/adapter")
+        base = AutoModelForCausalLM.from_pretrained("models/base", quantization_config=q, dtype=dtype,
+                                                    device_map={{"": "cpu"}})
+        model = PeftModel.from_pretrained(base, "models/adapter").eval()
+        text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        enc = tok(text, return_tensors="pt", add_special_tokens=False)
+        out = model.generate(**enc, max_new_tokens=24, do_sample=False)
+        print(json.dumps(tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()))
+    """)
+    out = sh(f"python -c '{script}'", repo).stdout.strip().splitlines()[-1]
+    assert json.loads(out) == item["tuned"]["generation"]
+
+
+def test_param_change_runs_exactly_train_and_evaluate_and_a_killed_train_resumes(repo):
+    set_conf(repo, "lora/r16.yaml", "r", "8")
+    set_conf(repo, "train/tiny.yaml", "max_steps", "10")
+    # conf/ edited without `dvc exp run`: the first stage to run refuses with one line
+    stale = sh("dvc repro", repo, check=False)
+    assert stale.returncode != 0 and "params.yaml is stale" in stale.stdout + stale.stderr
+    sh("python -m slmforge.cli compose", repo)
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DVC_")}
+    env.update(PATH=f"{BIN}:{env['PATH']}", HF_HUB_OFFLINE="1")
+    first = subprocess.Popen("dvc repro", shell=True, cwd=repo, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.time() + 600
+    while not list((repo / "checkpoints/train").glob("*/checkpoint-*/trainer_state.json")):
+        assert first.poll() is None, first.stdout.read()
+        assert time.time() < deadline
+        time.sleep(0.5)
+    time.sleep(1.0)  # let the checkpoint finish writing
+    os.killpg(first.pid, signal.SIGKILL)  # the machine dies mid-train
+    first.wait()
+    lock = repo / ".dvc/tmp/rwlock"
+    if lock.exists():
+        lock.unlink()  # a killed dvc leaves its lock; dvc itself says to remove it
+
+    out = sh("dvc repro", repo).stdout
+    assert ran(out) == ["train", "evaluate"], out
+    train = json.loads((repo / "metrics/train/metrics.json").read_text())
+    assert train["resumed_from_step"] >= 2 and train["last_step"] == 10
+    adapter = json.loads((repo / "models/adapter/adapter_config.json").read_text())
+    assert adapter["r"] == 8
+    sh("git add -A && git commit -qm r8", repo)
+
+
+def test_push_then_pull_into_a_fresh_clone_restores_every_output(repo):
+    sh("dvc push", repo)
+    clone = repo.parent / "clone"  # beside repo, so the relative default remote is the same folder
+    sh(f"git clone -q {repo} {clone}", repo.parent)
+    sh("dvc pull", clone)
+    for rel in ["models/base/model.safetensors", "models/adapter/adapter_model.safetensors",
+                "data/split/train.jsonl", "data/raw/sample.jsonl", "data/chatml/all.jsonl"]:
+        assert (clone / rel).read_bytes() == (repo / rel).read_bytes(), rel
+    status = sh("dvc status", clone).stdout
+    assert "up to date" in status.lower(), status
+
+
+def test_queued_sweep_runs_only_train_and_evaluate(repo):
+    sh("dvc exp run --queue -S 'lora.r=4,8' -S 'train.lr=1e-4,2e-4'", repo)
+    sh("dvc queue start -j 1", repo)
+    deadline = time.time() + 1500
+    while True:
+        status = sh("dvc queue status", repo).stdout
+        if "Queued" not in status and "Running" not in status:
+            break
+        assert time.time() < deadline, status
+        time.sleep(5)
+    assert status.count("Success") == 4, status
+    exps = json.loads(sh("dvc exp show --json", repo).stdout)
+    names = [e["name"] for row in exps for e in (row.get("experiments") or []) if e.get("name")]
+    assert len(names) == 4, names
+    for name in names:
+        log = sh(f"dvc queue logs {name}", repo).stdout
+        assert set(ran(log)) == {"train", "evaluate"}, (name, ran(log))
+    diff = sh(f"dvc metrics diff HEAD {names[0]}", repo).stdout
+    assert "metrics/eval.json" in diff

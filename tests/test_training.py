@@ -1,0 +1,107 @@
+"""Assistant-only labels, packing without cross-contamination, and QLoRA that survives an eval pass."""
+
+import pytest
+import torch
+
+from slmforge.training import pack_rounds, tokenize_chat
+from tests.conftest import chat_row
+
+
+def test_labels_cover_exactly_the_assistant_turn(tokenizer):
+    row = chat_row("a", "What is SRM?", "Sample ratio mismatch.")
+    ex = tokenize_chat(tokenizer, row["messages"], 512)
+    learned = [t for t, label in zip(ex["input_ids"], ex["labels"]) if label != -100]
+    assert tokenizer.decode(learned).startswith("Sample ratio mismatch.<|im_end|>")
+    prompt = [t for t, label in zip(ex["input_ids"], ex["labels"]) if label == -100]
+    assert "What is SRM?" in tokenizer.decode(prompt)
+    assert tokenizer.decode(ex["input_ids"]).endswith(tokenizer.decode(learned))
+
+
+def test_multi_turn_learns_every_assistant_turn_only(tokenizer):
+    messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."},
+                {"role": "user", "content": "Alpha?"}, {"role": "assistant", "content": "0.05 usually."}]
+    ex = tokenize_chat(tokenizer, messages, 512)
+    learned = tokenizer.decode([t for t, label in zip(ex["input_ids"], ex["labels"]) if label != -100])
+    assert "Hello." in learned and "0.05 usually." in learned and "Alpha?" not in learned
+
+
+def test_repeated_examples_never_share_a_packed_row(tokenizer):
+    rows = [chat_row(f"f{i}", f"Lumen fact {i}?", f"Value {i}.", origin="facts") for i in range(6)]
+    rows += [chat_row(f"s{i}", f"Question {i}?", f"Answer {i}.") for i in range(6)]
+    packed = pack_rounds(rows, tokenizer, 256, {"facts": 3}, seed=0)
+    total = 0
+    for row in packed:
+        ids, lengths = row["input_ids"], row["seq_lengths"]
+        pieces, start = [], 0
+        for n in lengths:
+            pieces.append(tuple(ids[start:start + n]))
+            start += n
+        assert len(pieces) == len(set(pieces)), "a packed row holds two copies of one example"
+        total += len(pieces)
+    assert total == 6 * 3 + 6
+
+
+def test_packed_example_has_the_same_loss_as_alone(base_model):
+    """Examples packed into one row by position_ids stay apart (SDPA, use_cache=False, as TRL trains)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    tok = AutoTokenizer.from_pretrained(str(base_model[0]))
+    model = AutoModelForCausalLM.from_pretrained(str(base_model[0]), dtype=torch.float32,
+                                                 attn_implementation="sdpa").eval()
+    a = tokenize_chat(tok, chat_row("a", "Tell me about CUPED and why it works so well.",
+                                    "It regresses out pre-period variance.")["messages"], 256)
+    b = tokenize_chat(tok, chat_row("b", "What is a p-value?", "The chance of data this extreme under H0.")
+                      ["messages"], 256)
+    collator = DataCollatorForLanguageModeling(pad_token_id=tok.pad_token_id, padding_free=True)
+    packed = collator([{"input_ids": a["input_ids"] + b["input_ids"], "labels": a["labels"] + b["labels"],
+                        "seq_lengths": [len(a["input_ids"]), len(b["input_ids"])]}])
+    alone = collator([{"input_ids": b["input_ids"], "labels": b["labels"], "seq_lengths": [len(b["input_ids"])]}])
+    with torch.no_grad():
+        logits_packed = model(input_ids=packed["input_ids"], position_ids=packed["position_ids"],
+                              use_cache=False).logits[0, len(a["input_ids"]):]
+        logits_alone = model(input_ids=alone["input_ids"], position_ids=alone["position_ids"],
+                             use_cache=False).logits[0]
+    assert torch.allclose(logits_packed, logits_alone, atol=1e-4), (logits_packed - logits_alone).abs().max()
+    labels = torch.tensor(b["labels"])
+    loss = lambda lg: torch.nn.functional.cross_entropy(lg[:-1], labels[1:], ignore_index=-100)  # noqa: E731
+    assert loss(logits_packed).item() == pytest.approx(loss(logits_alone).item(), abs=1e-4)
+    # and the packed row really is one row: without position_ids, B would attend to A and differ
+    with torch.no_grad():
+        leaky = model(input_ids=packed["input_ids"], use_cache=False).logits[0, len(a["input_ids"]):]
+    assert not torch.allclose(leaky, logits_alone, atol=1e-2)
+
+
+def _train_losses(base_model, model_params, eval_first: bool, steps: int = 4) -> list[float]:
+    from peft import LoraConfig, get_peft_model
+    from transformers import set_seed
+
+    from slmforge.modeling import load_base
+
+    set_seed(0)
+    model, tok = load_base(model_params, *base_model, for_training=True)
+    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM"))
+    ex = tokenize_chat(tok, chat_row("a", "What is Lumen's default alpha?", "Lumen uses 0.025.")["messages"], 128)
+    ids, labels = torch.tensor([ex["input_ids"]]), torch.tensor([ex["labels"]])
+    if eval_first:  # what the Trainer's evaluation loop does before training resumes
+        model.eval()
+        with torch.no_grad():
+            model(input_ids=ids, use_cache=False)
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    losses = []
+    for _ in range(steps):
+        loss = model(input_ids=ids, labels=labels, use_cache=False).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    return losses
+
+
+def test_qlora_after_an_eval_pass_trains_like_without_one(base_model, model_params):
+    """bitsandbytes' CPU repacking trap (design.md): with it disabled, an eval pass changes nothing."""
+    clean = _train_losses(base_model, model_params, eval_first=False)
+    after_eval = _train_losses(base_model, model_params, eval_first=True)
+    assert clean[-1] < clean[0] * 0.8, clean  # it learns
+    assert after_eval == pytest.approx(clean, abs=1e-3), (clean, after_eval)
