@@ -55,3 +55,30 @@ def test_hub_model_without_cache_or_network_stops_with_one_line(tmp_path, monkey
     message = str(err.value)
     assert "\n" not in message and "llama32_3b" in message and "hf download" in message
     assert not (tmp_path / "base.json").exists()
+
+
+def test_hub_model_in_the_cache_is_pinned_and_loads_offline(tmp_path, monkeypatch, base_model):
+    """A hub preset resolves through the Hugging Face cache layout (refs/main -> snapshots/<commit>)."""
+    import shutil
+
+    import huggingface_hub.constants as c
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    cache = tmp_path / "hub"
+    snapshot = cache / "models--acme--tiny-chat" / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    for f in base_model[0].iterdir():
+        shutil.copy(f, snapshot / f.name)
+    (cache / "models--acme--tiny-chat" / "refs").mkdir()
+    (cache / "models--acme--tiny-chat" / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    params = ModelParams(name="acme", source="hub", hub_id="acme/tiny-chat", revision="main", package=None,
+                         gguf_file=None, load_in_4bit=False, compute_dtype="float32")
+    info = pin_hub_model(params, tmp_path / "base", tmp_path / "base.json")
+    assert info["commit"] == commit
+    assert json.loads((tmp_path / "base.json").read_text())["commit"] == commit
+    assert (tmp_path / "base" / "tokenizer.json").exists() and not (tmp_path / "base" / "model.safetensors").exists()
+    model, tok = load_base(params, tmp_path / "base", tmp_path / "base.json")
+    assert model.config.num_hidden_layers == 30 and tok.eos_token == "<|im_end|>"

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from slmforge.training import pack_rounds, tokenize_chat
+from slmforge.training import epoch_rounds, pack_rounds, tokenize_chat
 from tests.conftest import chat_row
 
 
@@ -28,7 +28,7 @@ def test_multi_turn_learns_every_assistant_turn_only(tokenizer):
 def test_repeated_examples_never_share_a_packed_row(tokenizer):
     rows = [chat_row(f"f{i}", f"Lumen fact {i}?", f"Value {i}.", origin="facts") for i in range(6)]
     rows += [chat_row(f"s{i}", f"Question {i}?", f"Answer {i}.") for i in range(6)]
-    packed = pack_rounds(rows, tokenizer, 256, {"facts": 3}, seed=0)
+    packed = pack_rounds(rows, tokenizer, 256, {"facts": 3.0}, seed=0)
     total = 0
     for row in packed:
         ids, lengths = row["input_ids"], row["seq_lengths"]
@@ -105,3 +105,14 @@ def test_qlora_after_an_eval_pass_trains_like_without_one(base_model, model_para
     after_eval = _train_losses(base_model, model_params, eval_first=True)
     assert clean[-1] < clean[0] * 0.8, clean  # it learns
     assert after_eval == pytest.approx(clean, abs=1e-3), (clean, after_eval)
+
+
+def test_origin_weights_give_passes_and_seeded_fractions():
+    rows = [chat_row(f"f{i}", f"q{i}", "a", origin="facts") for i in range(4)]
+    rows += [chat_row(f"s{i}", f"q{i}", "a") for i in range(10)]
+    rounds = epoch_rounds(rows, {"facts": 2.5, "stackexchange": 0.3}, seed=1)
+    count = lambda prefix: sum(r["id"].startswith(prefix) for chosen in rounds for r in chosen)  # noqa: E731
+    assert count("f") == 2 * 4 + 2 and count("s") == 3
+    assert all(len({r["id"] for r in chosen}) == len(chosen) for chosen in rounds)  # no copy within a round
+    assert rounds == epoch_rounds(rows, {"facts": 2.5, "stackexchange": 0.3}, seed=1)
+    assert epoch_rounds(rows, {}, seed=1)[0] and len(epoch_rounds(rows, {}, seed=1)) == 1

@@ -55,7 +55,7 @@ class TrainParams:
     packing: bool
     eval_steps: int
     early_stopping_patience: int
-    fact_repeats: int  # each training phrasing of a fact is seen this many times per epoch
+    origin_weights: dict[str, float]  # passes per epoch by origin: facts need several, 0.5 = a seeded half
     gap_threshold: float  # train/eval loss gap above which overfitting is flagged
     logging_steps: int
     seed: int

@@ -48,27 +48,45 @@ def build_dataset(rows: list[dict], tokenizer, max_len: int):
     return Dataset.from_list([e for e in examples if any(label != -100 for label in e["labels"])])
 
 
-def pack_rounds(rows: list[dict], tokenizer, max_len: int, repeats: dict[str, int], seed: int):
+def epoch_rounds(rows: list[dict], weights: dict[str, float], seed: int) -> list[list[dict]]:
+    """The rows of one epoch, as rounds: a weight w for an origin means int(w) full passes over its rows
+    plus a seeded random fraction w - int(w) of them (origins not named weigh 1). Round r holds every
+    origin's r-th pass, shuffled."""
+    import random
+
+    by_origin: dict[str, list[dict]] = {}
+    for row in rows:
+        by_origin.setdefault(row.get("meta", {}).get("origin", ""), []).append(row)
+    rounds: list[list[dict]] = []
+    for origin, members in sorted(by_origin.items()):
+        weight = weights.get(origin, 1.0)
+        passes = [list(members) for _ in range(int(weight))]
+        frac = weight - int(weight)
+        if frac > 0:
+            picked = list(members)
+            random.Random(f"{seed}:{origin}").shuffle(picked)
+            passes.append(picked[: round(frac * len(picked))])
+        for r, chosen in enumerate(passes):
+            if r == len(rounds):
+                rounds.append([])
+            rounds[r].extend(chosen)
+    for r, chosen in enumerate(rounds):
+        random.Random(seed + r).shuffle(chosen)
+    return [r for r in rounds if r]
+
+
+def pack_rounds(rows: list[dict], tokenizer, max_len: int, weights: dict[str, float], seed: int):
     """Packed training rows in which a repeated example never meets its own copy.
 
     Packing all copies at once (best-fit decreasing sorts by length) puts identical copies side by side in
-    one row, so a fact would be seen k times in one step and then never again. Instead round r holds the
-    rows whose origin repeats more than r times, shuffled and packed on its own; the Trainer's sampler then
-    spreads the rounds' rows over the epoch.
+    one row, so a fact would be seen k times in one step and then never again. Instead each round of
+    `epoch_rounds` is packed on its own; the Trainer's sampler then spreads the rows over the epoch.
     """
-    import random
-
     from datasets import concatenate_datasets
     from trl.data_utils import pack_dataset
 
-    rounds = max([1, *repeats.values()])
-    packed = []
-    for r in range(rounds):
-        chosen = [row for row in rows if repeats.get(row.get("meta", {}).get("origin", ""), 1) > r]
-        random.Random(seed + r).shuffle(chosen)
-        if chosen:
-            packed.append(pack_dataset(build_dataset(chosen, tokenizer, max_len), max_len, "bfd"))
-    return concatenate_datasets(packed)
+    return concatenate_datasets([pack_dataset(build_dataset(chosen, tokenizer, max_len), max_len, "bfd")
+                                 for chosen in epoch_rounds(rows, weights, seed)])
 
 
 # --- fingerprints -------------------------------------------------------------------------------
@@ -137,13 +155,11 @@ def train(*, train_rows: list[dict], val_rows: list[dict], data_files: list[Path
 
     if params.max_train_examples:
         train_rows = train_rows[: params.max_train_examples]
-    repeats = {"facts": params.fact_repeats}
     if params.packing:
-        train_ds = pack_rounds(train_rows, tokenizer, params.max_seq_len, repeats, params.seed)
+        train_ds = pack_rounds(train_rows, tokenizer, params.max_seq_len, params.origin_weights, params.seed)
     else:
-        train_ds = build_dataset([r for r in train_rows
-                                  for _ in range(repeats.get(r.get("meta", {}).get("origin", ""), 1))],
-                                 tokenizer, params.max_seq_len)
+        train_ds = build_dataset([r for chosen in epoch_rounds(train_rows, params.origin_weights, params.seed)
+                                  for r in chosen], tokenizer, params.max_seq_len)
     val_ds = build_dataset(val_rows, tokenizer, params.max_seq_len)
     n_train_tokens = sum(len(x) for x in train_ds["input_ids"])
 
@@ -162,7 +178,7 @@ def train(*, train_rows: list[dict], val_rows: list[dict], data_files: list[Path
         num_train_epochs=params.epochs,
         max_steps=params.max_steps,
         per_device_train_batch_size=params.batch_size,
-        per_device_eval_batch_size=params.batch_size,
+        per_device_eval_batch_size=max(params.batch_size, 8),  # no gradients: bigger batches are cheap
         gradient_accumulation_steps=params.grad_accum,
         learning_rate=params.lr,
         lr_scheduler_type=params.scheduler,

@@ -64,7 +64,7 @@ def repo(tmp_path_factory) -> Path:
 
 def test_repro_runs_the_whole_dag(repo):
     out = sh("dvc repro", repo).stdout
-    assert ran(out) == ["base", "collect@sample", "chatml", "split", "train", "evaluate"]
+    assert ran(out) == ["check_params", "base", "collect@sample", "chatml", "split", "train", "evaluate"]
     metrics = json.loads((repo / "metrics/eval.json").read_text())
     for side in ("base", "tuned", "delta"):
         for key in ("perplexity", "token_accuracy", "rouge_l", "probe_accuracy", "hallucination_rate"):
@@ -108,7 +108,9 @@ def test_adapter_loads_with_plain_peft_in_a_fresh_process(repo):
         out = model.generate(**enc, max_new_tokens=24, do_sample=False)
         print(json.dumps(tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()))
     """)
-    out = sh(f"python -c '{script}'", repo).stdout.strip().splitlines()[-1]
+    path = repo.parent / "load_adapter.py"
+    path.write_text(script)
+    out = sh(f"python {path}", repo).stdout.strip().splitlines()[-1]
     assert json.loads(out) == item["tuned"]["generation"]
 
 
@@ -117,7 +119,9 @@ def test_param_change_runs_exactly_train_and_evaluate_and_a_killed_train_resumes
     set_conf(repo, "train/tiny.yaml", "max_steps", "10")
     # conf/ edited without `dvc exp run`: the first stage to run refuses with one line
     stale = sh("dvc repro", repo, check=False)
-    assert stale.returncode != 0 and "params.yaml is stale" in stale.stdout + stale.stderr
+    assert stale.returncode != 0 and ran(stale.stdout) == ["check_params"], stale.stdout
+    errors = [line for line in stale.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "params.yaml is stale" in errors[0] and "lora.r" in errors[0], stale.stderr
     sh("python -m slmforge.cli compose", repo)
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("DVC_")}
@@ -137,7 +141,7 @@ def test_param_change_runs_exactly_train_and_evaluate_and_a_killed_train_resumes
         lock.unlink()  # a killed dvc leaves its lock; dvc itself says to remove it
 
     out = sh("dvc repro", repo).stdout
-    assert ran(out) == ["train", "evaluate"], out
+    assert ran(out) == ["check_params", "train", "evaluate"], out  # check_params: conf/ changed
     train = json.loads((repo / "metrics/train/metrics.json").read_text())
     assert train["resumed_from_step"] >= 2 and train["last_step"] == 10
     adapter = json.loads((repo / "models/adapter/adapter_config.json").read_text())
