@@ -163,7 +163,8 @@ def test_push_then_pull_into_a_fresh_clone_restores_every_output(repo):
 
 
 def test_queued_sweep_runs_only_train_and_evaluate(repo):
-    sh("dvc exp run --queue -S 'lora.r=4,8' -S 'train.lr=1e-4,2e-4'", repo)
+    # every point differs from the baseline (r=8, lr=2e-4): a point equal to it would rightly run nothing
+    sh("dvc exp run --queue -S 'lora.r=4,16' -S 'train.lr=1e-4,3e-4'", repo)
     sh("dvc queue start -j 1", repo)
     deadline = time.time() + 1500
     while True:
