@@ -108,13 +108,12 @@ def _check_type(value: Any, tp: Any, where: str) -> None:
     if tp is Any:
         return
     if origin in (typing.Union, types.UnionType):
-        errors = []
         for arg in typing.get_args(tp):
             try:
                 _check_type(value, arg, where)
                 return
-            except UserError as exc:
-                errors.append(str(exc))
+            except UserError:
+                continue
         raise UserError(f"{where}: {value!r} is not a {tp}")
     if tp is type(None):
         if value is not None:
