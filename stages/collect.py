@@ -10,7 +10,7 @@ from collections import Counter
 from datetime import datetime, timezone
 
 from slmforge.io import atomic_write_json, atomic_write_jsonl
-from slmforge.params import check_params_fresh, load_source_params, read_params_file
+from slmforge.params import check_params_fresh, load_source_params
 from slmforge.runner import run
 from slmforge.sources import COLLECTORS
 
@@ -24,17 +24,18 @@ def main(argv=None):
     args = ap.parse_args(argv)
     check_params_fresh()
     params = load_source_params(args.source)
-    kind = read_params_file()["sources"][args.source]["kind"]
     # A run id ties every record to this pull; inside `dvc exp run` it is the experiment's name.
     run_id = os.environ.get("DVC_EXP_NAME") or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     quarantine: list[dict] = []
-    records = COLLECTORS[kind](params, run_id=run_id, quarantine=quarantine)
+    stats: dict = {}  # what the source reports of the pull: pages, calls, quota left, seed-filter drops
+    records = COLLECTORS[params.kind](params, run_id=run_id, quarantine=quarantine, stats=stats)
     atomic_write_jsonl(args.out, records)
     atomic_write_jsonl(args.quarantine, quarantine)
     atomic_write_json(args.metrics, {
         "records": len(records), "quarantined": len(quarantine),
         "by_kind": dict(Counter(r["kind"] for r in records)),
         "by_origin": dict(sorted(Counter(r["meta"].get("origin", r["source"]) for r in records).items())),
+        "source": stats,
     })
     print(f"collect@{args.source}: {len(records)} records, {len(quarantine)} quarantined -> {args.out}")
 

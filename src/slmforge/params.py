@@ -87,9 +87,108 @@ class ChatmlParams:
 
 @dataclass(frozen=True)
 class SampleSourceParams:
+    kind: str  # "sample"
+    watch: str  # every source: the one path DVC watches (its data folder, or for a live API its module)
     path: str
     files: list[str]
     max_records: int  # 0: no cap
+
+
+@dataclass(frozen=True)
+class HttpParams:
+    """How a live source talks to its API: the base URL is configurable so tests point it at 127.0.0.1."""
+    base_url: str
+    timeout_s: float
+    max_retries: int  # attempts after the first, on 429, 5xx, timeouts and truncated bodies
+    backoff_s: float  # first wait of the exponential backoff (a Retry-After header or API `backoff` wins)
+
+
+@dataclass(frozen=True)
+class StackExchangeSourceParams:
+    kind: str  # "stackexchange"
+    watch: str
+    http: HttpParams
+    site: str  # e.g. stats, datascience, stackoverflow
+    tags: list[str]  # questions carrying all of these tags (the API's `tagged`)
+    min_score: int  # question score at least this
+    accepted_only: bool  # keep only questions with an accepted answer (else accepted, or top answer)
+    from_date: str | None  # ISO date, inclusive
+    to_date: str | None
+    sort: str  # votes | activity | creation
+    page_size: int  # at most 100 (the API's limit)
+    max_pages: int
+    key_env: str  # environment variable holding an optional API key (raises the daily quota)
+    max_records: int  # 0: no cap
+
+
+@dataclass(frozen=True)
+class ArxivSourceParams:
+    kind: str  # "arxiv"
+    watch: str
+    http: HttpParams
+    query: str  # the export API's search_query terms, e.g. 'abs:"A/B test"'
+    categories: list[str]  # ORed together and ANDed with the query, e.g. [stat.ME, stat.AP]
+    sort_by: str  # relevance | lastUpdatedDate | submittedDate
+    sort_order: str  # ascending | descending
+    page_size: int
+    delay_s: float  # arXiv asks for 3 s between calls
+    max_records: int
+
+
+@dataclass(frozen=True)
+class TweetFilterParams:
+    """Seed filters for tweet/reply pairs, applied at collection; each failure is counted by reason."""
+    reply_likes: list[int]  # [min, max]
+    author_followers: list[int]  # [min, max]
+    reply_delay_minutes: list[float]  # [min, max] minutes between tweet and reply
+    no_media: bool
+    no_url: bool
+    chars: list[int]  # [min, max] characters of the reply
+
+
+@dataclass(frozen=True)
+class ApifySourceParams:
+    kind: str  # "apify"
+    watch: str
+    api_url: str  # Apify API root (https://api.apify.com); tests use 127.0.0.1
+    actor: str | None  # actor to run, e.g. apidojo/tweet-scraper; null with dataset_id to read a dataset
+    run_input: dict[str, Any]  # the actor's input
+    dataset_id: str | None  # read an existing dataset instead of running the actor
+    token_env: str  # environment variable holding the API token
+    timeout_s: float  # how long to wait for the actor run
+    max_retries: int
+    filters: TweetFilterParams
+    max_records: int
+
+
+@dataclass(frozen=True)
+class FilesSourceParams:
+    kind: str  # "files"
+    watch: str
+    paths: list[str]  # files or globs, relative to the project root
+    format: str  # auto (by suffix) | csv | json | jsonl | parquet | txt
+    record_kind: str  # pair | document
+    columns: dict[str, str]  # our field (id, prompt, response, text) -> the file's column
+    meta_columns: list[str]  # further columns copied into meta
+    txt_unit: str  # txt files: file | paragraph | line
+    origin: str  # meta.origin of the records (chatml templates and train weights key on it)
+    max_record_bytes: int  # a record larger than this is quarantined
+    max_records: int
+
+
+@dataclass(frozen=True)
+class HfSourceParams:
+    kind: str  # "hf"
+    watch: str
+    name: str  # a hub dataset id, or a local folder / data file path
+    config: str | None
+    split: str
+    revision: str | None
+    record_kind: str  # pair | document
+    columns: dict[str, str]
+    meta_columns: list[str]
+    origin: str
+    max_records: int
 
 
 SECTIONS: dict[str, type] = {
@@ -100,7 +199,14 @@ SECTIONS: dict[str, type] = {
     "split": SplitParams,
     "chatml": ChatmlParams,
 }
-SOURCE_PARAMS: dict[str, type] = {"sample": SampleSourceParams}
+SOURCE_PARAMS: dict[str, type] = {
+    "sample": SampleSourceParams,
+    "stackexchange": StackExchangeSourceParams,
+    "arxiv": ArxivSourceParams,
+    "apify": ApifySourceParams,
+    "files": FilesSourceParams,
+    "hf": HfSourceParams,
+}
 
 
 def _check_type(value: Any, tp: Any, where: str) -> None:
@@ -151,9 +257,14 @@ def build(cls: type, data: Any, where: str):
     missing = [n for n in names if n not in data]
     if missing:
         raise UserError(f"params.yaml: missing key {where}.{missing[0]}: add it to conf/ and run `dvc exp run`")
+    values = {}
     for name in names:
-        _check_type(data[name], hints[name], f"params.yaml: {where}.{name}")
-    return cls(**{n: data[n] for n in names})
+        if dataclasses.is_dataclass(hints[name]):  # a nested section, e.g. sources.S.http
+            values[name] = build(hints[name], data[name], f"{where}.{name}")
+        else:
+            _check_type(data[name], hints[name], f"params.yaml: {where}.{name}")
+            values[name] = data[name]
+    return cls(**values)
 
 
 def read_params_file(path: str | Path = "params.yaml") -> dict:
@@ -176,10 +287,9 @@ def load_source_params(name: str, path: str | Path = "params.yaml"):
     if name not in data:
         raise UserError(f"params.yaml: no source `{name}` under `sources` (configured: {sorted(data)})")
     kind = data[name].get("kind") if isinstance(data[name], dict) else None
-    body = {k: v for k, v in data[name].items() if k != "kind"}
     if kind not in SOURCE_PARAMS:
         raise UserError(f"params.yaml: sources.{name}.kind must be one of {sorted(SOURCE_PARAMS)}, got {kind!r}")
-    return build(SOURCE_PARAMS[kind], body, f"sources.{name}")
+    return build(SOURCE_PARAMS[kind], data[name], f"sources.{name}")
 
 
 # --- composition -------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ def records(root):
     cwd = os.getcwd()
     os.chdir(root)
     try:
-        out = collect(params, run_id="test-run", quarantine=quarantine)
+        out = collect(params, run_id="test-run", quarantine=quarantine, stats={})
     finally:
         os.chdir(cwd)
     assert quarantine == []

@@ -31,7 +31,7 @@ PARSERS = {
 }
 
 
-def collect(params: SampleSourceParams, run_id: str, quarantine: list[dict]) -> list[dict]:
+def collect(params: SampleSourceParams, *, run_id: str, quarantine: list[dict], stats: dict) -> list[dict]:
     """All records of the sample corpus, in file order; unparseable items go to `quarantine`."""
     root = Path(params.path)
     fetched_at = now_iso()
@@ -49,5 +49,6 @@ def collect(params: SampleSourceParams, run_id: str, quarantine: list[dict]) -> 
                 continue
             records.extend(found)
             if params.max_records and len(records) >= params.max_records:
+                stats["capped_at"] = params.max_records
                 return records[: params.max_records]
     return records
