@@ -16,28 +16,41 @@ class UserError(Exception):
     """An error the user can fix; stages print its message as one line and exit 1."""
 
 
-def read_jsonl(path: str | Path, quarantine: list[dict] | None = None) -> list[dict]:
-    """Read a JSONL file. A line that is not a JSON object goes to `quarantine` with its line number and
-    reason instead of stopping the run; with no quarantine list given, a bad line is a UserError."""
+def read_jsonl(path: str | Path, quarantine: list[dict] | None = None, max_line_bytes: int | None = None) -> list[dict]:
+    """Read a JSONL file. A line that is not a JSON object, is not UTF-8, or is longer than `max_line_bytes`
+    goes to `quarantine` with its file, line number and reason instead of stopping the run; with no
+    quarantine list given, a bad line is a UserError. A byte-order mark and CRLF line ends are read as
+    plain UTF-8 (editors on Windows write them; the records are fine)."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: file not found (did the stage that writes it run? try `dvc repro`)")
     rows: list[dict] = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-                if not isinstance(obj, dict):
-                    raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
-            except ValueError as exc:
-                bad = {"file": str(path), "line": lineno, "reason": f"invalid JSON: {exc}", "raw": line.rstrip("\n")}
-                if quarantine is None:
-                    raise UserError(f"{path}:{lineno}: {bad['reason']}") from None
-                quarantine.append(bad)
-                continue
-            rows.append(obj)
+    with path.open("rb") as fh:  # bytes, so one undecodable line cannot stop the whole file
+        for lineno, raw in enumerate(fh, start=1):
+            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            reason = None
+            if max_line_bytes is not None and len(raw) > max_line_bytes:
+                reason, text = f"record of {len(raw):,} bytes exceeds the limit of {max_line_bytes:,}", ""
+            else:
+                try:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    reason, text = f"invalid UTF-8 at byte {exc.start}", raw.decode("utf-8", "replace")
+            if reason is None:
+                if not text.strip():
+                    continue
+                try:
+                    obj = json.loads(text)
+                    if not isinstance(obj, dict):
+                        raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+                    rows.append(obj)
+                    continue
+                except ValueError as exc:
+                    reason = f"invalid JSON: {exc}"
+            if quarantine is None:
+                raise UserError(f"{path}:{lineno}: {reason}")
+            quarantine.append({"file": str(path), "line": lineno, "reason": reason, "raw": text.rstrip("\r\n")[:2000]})
     return rows
 
 
