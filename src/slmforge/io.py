@@ -17,14 +17,19 @@ class UserError(Exception):
 
 
 def read_jsonl(path: str | Path, quarantine: list[dict] | None = None, max_line_bytes: int | None = None) -> list[dict]:
-    """Read a JSONL file. A line that is not a JSON object, is not UTF-8, or is longer than `max_line_bytes`
+    """The objects of a JSONL file; see iter_jsonl for what happens to bad lines."""
+    return [obj for _, obj in iter_jsonl(path, quarantine, max_line_bytes)]
+
+
+def iter_jsonl(path: str | Path, quarantine: list[dict] | None = None,
+               max_line_bytes: int | None = None) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each record of a JSONL file. A line that is not a JSON object, is not UTF-8, or is longer than `max_line_bytes`
     goes to `quarantine` with its file, line number and reason instead of stopping the run; with no
     quarantine list given, a bad line is a UserError. A byte-order mark and CRLF line ends are read as
     plain UTF-8 (editors on Windows write them; the records are fine)."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: file not found (did the stage that writes it run? try `dvc repro`)")
-    rows: list[dict] = []
     with path.open("rb") as fh:  # bytes, so one undecodable line cannot stop the whole file
         for lineno, raw in enumerate(fh, start=1):
             if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
@@ -44,14 +49,13 @@ def read_jsonl(path: str | Path, quarantine: list[dict] | None = None, max_line_
                     obj = json.loads(text)
                     if not isinstance(obj, dict):
                         raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
-                    rows.append(obj)
+                    yield lineno, obj
                     continue
                 except ValueError as exc:
                     reason = f"invalid JSON: {exc}"
             if quarantine is None:
                 raise UserError(f"{path}:{lineno}: {reason}")
             quarantine.append({"file": str(path), "line": lineno, "reason": reason, "raw": text.rstrip("\r\n")[:2000]})
-    return rows
 
 
 @contextlib.contextmanager

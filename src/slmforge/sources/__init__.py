@@ -6,8 +6,11 @@ the stage's outputs), and it returns raw records in the contract of design.md:
 {id, source, kind: "pair"|"document", prompt, response, text, meta, provenance{query, url, fetched_at, run_id}}.
 """
 
-from slmforge.sources import sample
+from slmforge.sources import apify, arxiv, sample, stackexchange
 
 COLLECTORS = {
     "sample": sample.collect,
+    "apify": apify.collect,
+    "stackexchange": stackexchange.collect,
+    "arxiv": arxiv.collect,
 }

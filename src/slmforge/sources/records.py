@@ -6,6 +6,7 @@ embedded path exercises the code that live sources use.
 
 from __future__ import annotations
 
+import html
 import re
 from datetime import datetime, timezone
 
@@ -63,19 +64,28 @@ def stackexchange_pair(item: dict, **prov) -> dict | None:
     )
 
 
+LEADING_MENTIONS = re.compile(r"^(?:@\w+\s+)+")
+
+
+def tweet_text(tweet: dict) -> str:
+    """A tweet's text as a person reads it: X's HTML escapes (&amp;) undone and the @handles that open every
+    reply (they address the thread, they are not the answer) dropped."""
+    return LEADING_MENTIONS.sub("", html.unescape(tweet["text"])).strip()
+
+
 def tweet_pair(item: dict, **prov) -> dict:
     """An Apify tweet-scraper tweet/reply pair to a pair record: the tweet asks, the reply answers."""
     tweet, reply = item["tweet"], item["reply"]
     author = reply.get("author") or {}
     return record(
-        id=f"apify:tweets:{reply['id']}", kind="pair", prompt=tweet["text"], response=reply["text"],
+        id=f"apify:tweets:{reply['id']}", kind="pair", prompt=tweet_text(tweet), response=tweet_text(reply),
         meta={"origin": "tweets", "tweet_id": tweet["id"], "lang": reply.get("lang"),
               "reply_likes": reply.get("likeCount", 0), "tweet_likes": tweet.get("likeCount", 0),
               "author": author.get("userName"), "author_followers": author.get("followers", 0),
               "tweet_created": tweet.get("createdAt"), "reply_created": reply.get("createdAt"),
               "hashtags": [h.get("text") for h in (reply.get("entities") or {}).get("hashtags", [])],
               "urls": [u.get("expanded_url") or u.get("url") for u in (reply.get("entities") or {}).get("urls", [])]},
-        url=f"https://x.com/{author.get('userName', 'i')}/status/{reply['id']}", **prov,
+        url=reply.get("url") or f"https://x.com/{author.get('userName', 'i')}/status/{reply['id']}", **prov,
     )
 
 
