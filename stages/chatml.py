@@ -1,10 +1,9 @@
-"""Stage `chatml`: raw pair records to chat rows, with the chat template's fingerprint in the metrics.
+"""Stage `chatml`: cleaned pair records to chat rows, with the chat template's fingerprint in the metrics.
 
-Run: dvc repro chatml   (python -m stages.chatml --raw-dir data/raw --base models/base ...)
+Run: dvc repro chatml   (python -m stages.chatml --kept data/clean/kept.jsonl --base models/base ...)
 """
 
 import argparse
-from pathlib import Path
 
 from transformers import AutoTokenizer
 
@@ -17,25 +16,22 @@ from slmforge.runner import run
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--raw-dir", required=True)
+    ap.add_argument("--kept", required=True, help="data/clean/kept.jsonl")
     ap.add_argument("--base", required=True, help="models/base (for the chat template)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--metrics", required=True)
     args = ap.parse_args(argv)
     check_params_fresh()
     params = load_params("chatml")
-    records = []
-    for path in sorted(Path(args.raw_dir).glob("*.jsonl")):
-        if not path.name.endswith(".quarantine.jsonl"):
-            records.extend(read_jsonl(path))
-    rows, metrics = convert(records, params)
     tokenizer = AutoTokenizer.from_pretrained(args.base)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    rows, metrics = convert(read_jsonl(args.kept), params, tokenizer)
     metrics["template_sha256"] = template_fingerprint(tokenizer)
     atomic_write_jsonl(args.out, rows)
     atomic_write_json(args.metrics, metrics)
-    print(f"chatml: {metrics['rows_out']} rows from {metrics['records_in']} records -> {args.out}")
+    print(f"chatml: {metrics['rows_out']} rows from {metrics['records_in']} records "
+          f"({metrics['truncated']} truncated, {metrics['skipped']} skipped) -> {args.out}")
 
 
 if __name__ == "__main__":

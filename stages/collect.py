@@ -29,6 +29,8 @@ def main(argv=None):
     quarantine: list[dict] = []
     stats: dict = {}  # what the source reports of the pull: pages, calls, quota left, seed-filter drops
     records = COLLECTORS[params.kind](params, run_id=run_id, quarantine=quarantine, stats=stats)
+    for rec in records:  # `source` is the configured name: two `files` sources stay apart downstream
+        rec["source"] = args.source
     atomic_write_jsonl(args.out, records)
     atomic_write_jsonl(args.quarantine, quarantine)
     atomic_write_json(args.metrics, {

@@ -56,7 +56,8 @@ def repo(tmp_path_factory) -> Path:
             (repo / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / rel, repo / rel)
     config = repo / "conf" / "config.yaml"
-    config.write_text(config.read_text().replace("train: cpu", "train: tiny").replace("eval: default", "eval: tiny"))
+    config.write_text(config.read_text().replace("train: cpu", "train: tiny").replace("eval: default", "eval: tiny")
+                      .replace("sources: [sample]", "sources: [sample, files]"))
     sh("git init -q && git config user.email t@t && git config user.name t", repo)
     sh("python -m slmforge.cli compose && git add -A && git commit -qm init", repo)
     return repo
@@ -64,7 +65,19 @@ def repo(tmp_path_factory) -> Path:
 
 def test_repro_runs_the_whole_dag(repo):
     out = sh("dvc repro", repo).stdout
-    assert ran(out) == ["check_params", "base", "collect@sample", "chatml", "split", "train", "evaluate"]
+    stages = ran(out)
+    assert sorted(stages[:4]) == ["base", "check_params", "collect@files", "collect@sample"], stages
+    assert stages[4:] == ["clean", "chatml", "split", "train", "evaluate"], stages
+    clean = json.loads((repo / "metrics/clean.json").read_text())
+    assert clean["records_in"] == clean["kept"] + clean["rejected"] and clean["accounting_ok"]
+    # the sample corpus carries each kind of noise clean removes; files (a curated FAQ) loses nothing
+    assert {"spam", "language", "duplicate_exact", "duplicate_semantic", "url", "too_short"} <= set(clean["reasons"])
+    assert clean["kept_by_origin"]["files"] == 22 and "files" not in clean["rejected_by_origin"]
+    rejected = [json.loads(line) for line in (repo / "data/clean/rejected.jsonl").read_text().splitlines()]
+    assert len(rejected) == clean["rejected"] and all(r["reasons"] for r in rejected)
+    chatml = json.loads((repo / "metrics/chatml.json").read_text())
+    assert chatml["rows_out"] == sum(v for k, v in clean["kept_by_origin"].items() if k != "arxiv")
+    assert sum(chatml["tokens"]["histogram"].values()) == chatml["rows_out"]
     metrics = json.loads((repo / "metrics/eval.json").read_text())
     for side in ("base", "tuned", "delta"):
         for key in ("perplexity", "token_accuracy", "rouge_l", "probe_accuracy", "hallucination_rate"):

@@ -6,11 +6,13 @@ the stage's outputs), and it returns raw records in the contract of design.md:
 {id, source, kind: "pair"|"document", prompt, response, text, meta, provenance{query, url, fetched_at, run_id}}.
 """
 
-from slmforge.sources import apify, arxiv, sample, stackexchange
+from slmforge.sources import apify, arxiv, files, hf, sample, stackexchange
 
 COLLECTORS = {
     "sample": sample.collect,
     "apify": apify.collect,
     "stackexchange": stackexchange.collect,
     "arxiv": arxiv.collect,
+    "files": files.collect,
+    "hf": hf.collect,
 }

@@ -1,0 +1,72 @@
+"""Hugging Face datasets through `datasets.load_dataset(name, config, split)` with a column mapping.
+
+`name` is a hub id (read from the cache when HF_HUB_OFFLINE=1, as on a machine with no network), a local
+folder of data files, a folder written by `Dataset.save_to_disk`, or a single data file.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tqdm import tqdm
+
+from slmforge.io import UserError
+from slmforge.params import HfSourceParams
+from slmforge.sources.files import FORMATS, map_row
+from slmforge.sources.records import now_iso
+
+
+def load(params: HfSourceParams):
+    import datasets
+
+    local = Path(params.name)
+    try:
+        if local.is_dir() and (local / "state.json").exists():
+            return datasets.load_from_disk(str(local))  # a saved Dataset (or DatasetDict, split picked below)
+        if local.is_file():
+            builder = FORMATS.get(local.suffix.lower())
+            builder = {"jsonl": "json", "txt": "text"}.get(builder, builder)
+            return datasets.load_dataset(builder, data_files={params.split: str(local)}, split=params.split)
+        return datasets.load_dataset(params.name, params.config, split=params.split, revision=params.revision)
+    except (FileNotFoundError, ConnectionError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"sources.hf: cannot load dataset {params.name!r} (config {params.config!r}, split "
+                        f"{params.split!r}): {first}. Offline, it must be a local path or in the HF cache "
+                        "(`hf download --repo-type dataset NAME` where there is network).") from None
+
+
+def collect(params: HfSourceParams, *, run_id: str, quarantine: list[dict], stats: dict) -> list[dict]:
+    import datasets
+
+    ds = load(params)
+    if isinstance(ds, datasets.DatasetDict):
+        if params.split not in ds:
+            raise UserError(f"sources.hf.split: {params.split!r} not in {params.name!r} (splits: {sorted(ds)})")
+        ds = ds[params.split]
+    missing = sorted({params.columns.get(f, f) for f in (("prompt", "response") if params.record_kind == "pair" else ("text",))}
+                     - set(ds.column_names))
+    if missing:
+        raise UserError(f"sources.hf.columns: {params.name!r} has no column {missing[0]!r} (columns: {ds.column_names})")
+    namespace = f"hf:{Path(params.name).name if Path(params.name).exists() else params.name}"
+    prov = {"source": "hf", "query": f"hf:{params.name}:{params.config}:{params.split}",
+            "url": None if Path(params.name).exists() else f"https://huggingface.co/datasets/{params.name}",
+            "fetched_at": now_iso(), "run_id": run_id}
+    stats.update(rows=len(ds), fingerprint=getattr(ds, "_fingerprint", None))
+    records, seen = [], set()
+    for i, row in enumerate(tqdm(ds, desc="hf", unit="rec", disable=None)):
+        rec, reason = map_row(row, columns=params.columns, meta_columns=params.meta_columns,
+                              record_kind=params.record_kind, origin=params.origin, namespace=namespace,
+                              fallback_id=str(i), where={"row": i}, prov=prov)
+        if rec is not None and rec["id"] in seen:
+            rec, reason = None, f"duplicate id {rec['id']}"
+        if rec is None:
+            quarantine.append({"source": "hf", "row": i, "reason": reason,
+                               "raw": json.dumps(row, ensure_ascii=False, default=str)[:2000]})
+            continue
+        seen.add(rec["id"])
+        records.append(rec)
+        if params.max_records and len(records) >= params.max_records:
+            stats["capped_at"] = params.max_records
+            break
+    return records

@@ -1,0 +1,48 @@
+"""Stage `clean`: raw records of every source to data/clean/kept.jsonl and rejected.jsonl (with reasons).
+
+Run: dvc repro clean   (python -m stages.clean --raw-dir data/raw --kept data/clean/kept.jsonl ...)
+"""
+
+import argparse
+from collections import Counter
+from pathlib import Path
+
+from slmforge.curation.clean import clean
+from slmforge.io import atomic_write_json, atomic_write_jsonl, read_jsonl
+from slmforge.params import check_params_fresh, load_params
+from slmforge.runner import run
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--raw-dir", required=True)
+    ap.add_argument("--kept", required=True)
+    ap.add_argument("--rejected", required=True)
+    ap.add_argument("--metrics", required=True)
+    args = ap.parse_args(argv)
+    check_params_fresh()
+    params = load_params("clean")
+    records, malformed, at_collect = [], [], Counter()
+    for path in sorted(Path(args.raw_dir).glob("*.jsonl")):
+        if path.name.endswith(".quarantine.jsonl"):
+            at_collect[path.name.removesuffix(".quarantine.jsonl")] = len(read_jsonl(path, []))
+        else:
+            records.extend(read_jsonl(path, malformed, max_line_bytes=params.max_record_bytes))
+    kept, rejected, metrics = clean(records, params)
+    # A raw line that is not a record is still accounted for: rejected with its reason, file and line.
+    rejected += [{"id": None, "reasons": ["malformed"], "quarantine": bad} for bad in malformed]
+    metrics["records_in"] += len(malformed)
+    metrics["rejected"] += len(malformed)
+    if malformed:
+        metrics["reasons"]["malformed"] = len(malformed)
+    metrics["quarantined_at_collect"] = dict(sorted(at_collect.items()))
+    atomic_write_jsonl(args.kept, kept)
+    atomic_write_jsonl(args.rejected, rejected)
+    atomic_write_json(args.metrics, metrics)
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(metrics["reasons"].items(), key=lambda kv: -kv[1]))
+    print(f"clean: {metrics['records_in']} in, {metrics['kept']} kept, {metrics['rejected']} rejected "
+          f"({reasons or 'none'}) -> {args.kept}")
+
+
+if __name__ == "__main__":
+    run(main)
