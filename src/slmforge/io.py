@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -16,6 +17,17 @@ class UserError(Exception):
     """An error the user can fix; stages print its message as one line and exit 1."""
 
 
+LONE_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")  # a cheap pre-check; pairs are fine and pass _encodable
+
+
+def _encodable(obj) -> bool:
+    try:
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
 def read_jsonl(path: str | Path, quarantine: list[dict] | None = None, max_line_bytes: int | None = None) -> list[dict]:
     """The objects of a JSONL file; see iter_jsonl for what happens to bad lines."""
     return [obj for _, obj in iter_jsonl(path, quarantine, max_line_bytes)]
@@ -23,9 +35,9 @@ def read_jsonl(path: str | Path, quarantine: list[dict] | None = None, max_line_
 
 def iter_jsonl(path: str | Path, quarantine: list[dict] | None = None,
                max_line_bytes: int | None = None) -> Iterator[tuple[int, dict]]:
-    """(line number, object) for each record of a JSONL file. A line that is not a JSON object, is not UTF-8, or is longer than `max_line_bytes`
-    goes to `quarantine` with its file, line number and reason instead of stopping the run; with no
-    quarantine list given, a bad line is a UserError. A byte-order mark and CRLF line ends are read as
+    """(line number, object) for each record of a JSONL file. A line that is not a JSON object, is not UTF-8 (a lone
+    surrogate escape included), or is longer than `max_line_bytes` goes to `quarantine` with its file, line number
+    and reason instead of stopping the run; with no quarantine list given, a bad line is a UserError. A byte-order mark and CRLF line ends are read as
     plain UTF-8 (editors on Windows write them; the records are fine)."""
     path = Path(path)
     if not path.exists():
@@ -35,8 +47,9 @@ def iter_jsonl(path: str | Path, quarantine: list[dict] | None = None,
             if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
                 raw = raw[3:]
             reason = None
-            if max_line_bytes is not None and len(raw) > max_line_bytes:
-                reason, text = f"record of {len(raw):,} bytes exceeds the limit of {max_line_bytes:,}", ""
+            size = len(raw.rstrip(b"\r\n"))  # the record, not its line end: a record of exactly the limit fits
+            if max_line_bytes is not None and size > max_line_bytes:
+                reason, text = f"record of {size:,} bytes exceeds the limit of {max_line_bytes:,}", ""
             else:
                 try:
                     text = raw.decode("utf-8")
@@ -49,6 +62,9 @@ def iter_jsonl(path: str | Path, quarantine: list[dict] | None = None,
                     obj = json.loads(text)
                     if not isinstance(obj, dict):
                         raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+                    if LONE_SURROGATE.search(text) and not _encodable(obj):
+                        # valid JSON, but a lone \udXXX escape is no character: writing it out would fail later
+                        raise ValueError("a \\u escape is a lone surrogate, not a character")
                     yield lineno, obj
                     continue
                 except ValueError as exc:

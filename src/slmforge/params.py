@@ -164,7 +164,7 @@ class CleanParams:
 @dataclass(frozen=True)
 class SampleSourceParams:
     kind: str  # "sample"
-    watch: str  # every source: the one path DVC watches (its data folder, or for a live API its module)
+    watch: str  # every source: the one path DVC watches (its data folder; a constant file for a live API)
     path: str
     files: list[str]
     max_records: int  # 0: no cap

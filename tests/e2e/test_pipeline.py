@@ -99,6 +99,16 @@ def test_second_repro_executes_nothing(repo):
     assert ran(out) == [], out
 
 
+def test_collector_code_change_does_not_recollect(repo):
+    # A pull is the artifact (a live API cannot be asked twice): only a source's params or data re-run it.
+    for name in ("files.py", "stackexchange.py", "sample.py"):
+        path = repo / "src/slmforge/sources" / name
+        path.write_text(path.read_text() + "\n# edited\n")
+    out = sh("dvc repro", repo).stdout
+    assert ran(out) == [], out
+    sh("git checkout -- src/slmforge/sources", repo)
+
+
 def test_adapter_loads_with_plain_peft_in_a_fresh_process(repo):
     item = next(json.loads(line) for line in (repo / "reports/eval_items.jsonl").read_text().splitlines()
                 if json.loads(line)["kind"] == "probe")

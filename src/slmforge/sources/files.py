@@ -6,6 +6,7 @@ import csv
 import glob
 import io
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +19,12 @@ from slmforge.sources.records import now_iso, record
 FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl",
            ".parquet": "parquet", ".txt": "txt", ".md": "txt"}
 REQUIRED = {"pair": ("prompt", "response"), "document": ("text",)}
+TXT_UNITS = ("file", "paragraph", "line")
+
+
+def json_safe(value):
+    """A meta value as plain JSON: Parquet and datasets give datetimes, decimals, bytes, which the writer rejects."""
+    return json.loads(json.dumps(value, ensure_ascii=False, default=str))
 
 
 def map_row(row: dict, *, columns: dict[str, str], meta_columns: list[str], record_kind: str,
@@ -32,7 +39,7 @@ def map_row(row: dict, *, columns: dict[str, str], meta_columns: list[str], reco
         if not value(field):
             return None, f"missing required field `{field}` (column `{columns.get(field, field)}`)"
     rid = value("id") or fallback_id
-    meta = {"origin": origin, **where, **{c: row.get(c) for c in meta_columns if c in row}}
+    meta = {"origin": origin, **where, **{c: json_safe(row[c]) for c in meta_columns if c in row}}
     return record(id=f"{namespace}:{rid}", kind=record_kind, prompt=value("prompt") or "",
                   response=value("response") or "", text=value("text") or "", meta=meta, **prov), None
 
@@ -40,15 +47,32 @@ def map_row(row: dict, *, columns: dict[str, str], meta_columns: list[str], reco
 def _csv_rows(path: Path, quarantine: list[dict]) -> Iterator[tuple[int, dict]]:
     raw = path.read_bytes()
     # surrogateescape keeps going past an undecodable byte; the row that holds it is quarantined below.
-    text = raw.decode("utf-8-sig", errors="surrogateescape")
-    reader = csv.DictReader(io.StringIO(text, newline=""), dialect="excel-tab" if path.suffix == ".tsv" else "excel")
-    for row in reader:
-        line = reader.line_num
-        if any("\udc80" <= ch <= "\udcff" for v in row.values() if isinstance(v, str) for ch in v):
+    # CRLF to LF first, so a quoted multi-line field of a Windows file reads as the same text as on Linux.
+    text = raw.decode("utf-8-sig", errors="surrogateescape").replace("\r\n", "\n")
+    # The csv module's default 128 KiB field limit would raise mid-file and resynchronise inside the field;
+    # an oversized row is instead read whole and quarantined by size in collect().
+    csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
+    dialect = "excel-tab" if path.suffix.lower() == ".tsv" else "excel"
+    reader = csv.reader(io.StringIO(text, newline=""), dialect=dialect)
+    header = next(reader, None)
+    if header is None:
+        return
+    start = reader.line_num + 1
+    for fields in reader:
+        line, start = start, reader.line_num + 1  # the row's first line (a quoted field may span several)
+        if not fields:  # a blank line
+            continue
+        row = dict(zip(header, fields))
+        if any("\udc80" <= ch <= "\udcff" for v in fields for ch in v):
             quarantine.append({"file": str(path), "line": line, "reason": "invalid UTF-8",
                                "raw": json.dumps(row, ensure_ascii=True)[:2000]})
-            continue
-        yield line, row
+        elif len(fields) > len(header):  # an unquoted delimiter in a field: its columns are shifted
+            quarantine.append({"file": str(path), "line": line,
+                               "reason": f"row has {len(fields)} fields, the header {len(header)} "
+                                         "(an unquoted delimiter?)",
+                               "raw": json.dumps(fields, ensure_ascii=False)[:2000]})
+        else:
+            yield line, row
 
 
 def _json_rows(path: Path, quarantine: list[dict]) -> Iterator[tuple[int, dict]]:
@@ -60,6 +84,10 @@ def _json_rows(path: Path, quarantine: list[dict]) -> Iterator[tuple[int, dict]]
     if isinstance(data, dict):  # {"data": [...]} and similar wrappers: the one list inside
         lists = [v for v in data.values() if isinstance(v, list)]
         data = lists[0] if len(lists) == 1 else [data]
+    if not isinstance(data, list):
+        quarantine.append({"file": str(path), "line": 0, "reason": f"JSON file holds a {type(data).__name__}, "
+                           "not a list of objects", "raw": json.dumps(data, ensure_ascii=False)[:2000]})
+        return
     for i, row in enumerate(data, start=1):
         if isinstance(row, dict):
             yield i, row
@@ -69,10 +97,16 @@ def _json_rows(path: Path, quarantine: list[dict]) -> Iterator[tuple[int, dict]]
 
 
 def _parquet_rows(path: Path, quarantine: list[dict]) -> Iterator[tuple[int, dict]]:
+    import pyarrow
     import pyarrow.parquet as pq
 
+    try:
+        pfile = pq.ParquetFile(path)
+    except (pyarrow.ArrowException, OSError) as exc:
+        quarantine.append({"file": str(path), "line": 0, "reason": f"not a readable Parquet file: {exc}", "raw": ""})
+        return
     i = 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=4096):  # streamed: a large file fits memory
+    for batch in pfile.iter_batches(batch_size=4096):  # streamed: a large file fits memory
         for row in batch.to_pylist():
             i += 1
             yield i, row
@@ -86,12 +120,11 @@ def _txt_rows(path: Path, unit: str) -> Iterator[tuple[int, dict]]:
         for i, line in enumerate(text.split("\n"), start=1):
             if line.strip():
                 yield i, {"text": line}
-    else:
-        line = 1
-        for para in text.split("\n\n"):
-            if para.strip():
-                yield line, {"text": para}
-            line += para.count("\n") + 2
+    else:  # paragraphs: blocks of non-blank lines, each numbered by its first line
+        line, pos = 1, 0
+        for m in re.finditer(r"(?:^[^\S\n]*\S.*(?:\n|$))+", text, flags=re.M):
+            line, pos = line + text.count("\n", pos, m.start()), m.start()
+            yield line, {"text": m.group().rstrip("\n")}
 
 
 def rows_of(path: Path, fmt: str, params: FilesSourceParams, quarantine: list[dict]) -> Iterator[tuple[int, dict]]:
@@ -109,6 +142,11 @@ def rows_of(path: Path, fmt: str, params: FilesSourceParams, quarantine: list[di
 def collect(params: FilesSourceParams, *, run_id: str, quarantine: list[dict], stats: dict) -> list[dict]:
     if params.record_kind not in REQUIRED:
         raise UserError(f"sources.*.record_kind: {params.record_kind!r} is not one of {sorted(REQUIRED)}")
+    if params.format != "auto" and params.format not in FORMATS.values():
+        raise UserError(f"sources.files.format: {params.format!r} is not auto or one of "
+                        f"{sorted(set(FORMATS.values()))}")
+    if params.txt_unit not in TXT_UNITS:
+        raise UserError(f"sources.files.txt_unit: {params.txt_unit!r} is not one of {list(TXT_UNITS)}")
     paths = sorted({p for pattern in params.paths for p in glob.glob(pattern, recursive=True) if Path(p).is_file()})
     if not paths:
         raise UserError(f"sources.files.paths: no file matches {params.paths} (relative to {Path.cwd()})")
@@ -125,16 +163,18 @@ def collect(params: FilesSourceParams, *, run_id: str, quarantine: list[dict], s
                             f"{sorted(set(FORMATS.values()))}")
         if fmt == "txt" and params.record_kind != "document":
             raise UserError(f"{path}: a text file gives documents; set record_kind: document for it")
-        if path.stat().st_size == 0:
-            stats["empty_files"] += 1
-            quarantine.append({"file": str(path), "line": 0, "reason": "empty file", "raw": ""})
-            continue
         prov = {"source": "files", "query": f"files:{path.as_posix()}", "url": None,
                 "fetched_at": fetched_at, "run_id": run_id}
-        for line, row in rows_of(path, fmt, params, quarantine):
+        rows_before, quarantined_before = stats["rows"], len(quarantine)
+        for line, row in rows_of(path, fmt, params, quarantine) if path.stat().st_size else ():
             stats["rows"] += 1
             where = {"file": path.as_posix(), "line": line}
-            size = len(json.dumps(row, ensure_ascii=False, default=str).encode())
+            try:
+                size = len(json.dumps(row, ensure_ascii=False, default=str).encode())
+            except UnicodeEncodeError:  # a lone \udXXX escape in a JSON file: no character, and unwritable
+                quarantine.append({**where, "reason": "invalid Unicode: a lone surrogate escape",
+                                   "raw": json.dumps(row, default=str)[:2000]})
+                continue
             if size > params.max_record_bytes:
                 quarantine.append({**where, "reason": f"record of {size:,} bytes exceeds {params.max_record_bytes:,}",
                                    "raw": ""})
@@ -155,5 +195,9 @@ def collect(params: FilesSourceParams, *, run_id: str, quarantine: list[dict], s
                 stats["capped_at"] = params.max_records
                 bar.close()
                 return records
+        # An empty file (or one with only blank lines, a BOM or a header) is accounted for, not passed over.
+        if stats["rows"] == rows_before and len(quarantine) == quarantined_before:
+            stats["empty_files"] += 1
+            quarantine.append({"file": str(path), "line": 0, "reason": "empty file (no records)", "raw": ""})
     bar.close()
     return records

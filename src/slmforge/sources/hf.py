@@ -22,18 +22,30 @@ def load(params: HfSourceParams):
 
     local = Path(params.name)
     try:
-        if local.is_dir() and (local / "state.json").exists():
-            return datasets.load_from_disk(str(local))  # a saved Dataset (or DatasetDict, split picked below)
+        # a folder written by save_to_disk: state.json for a Dataset, dataset_dict.json for a DatasetDict
+        # (its split is picked in collect)
+        if local.is_dir() and ((local / "state.json").exists() or (local / "dataset_dict.json").exists()):
+            return datasets.load_from_disk(str(local))
         if local.is_file():
-            builder = FORMATS.get(local.suffix.lower())
-            builder = {"jsonl": "json", "txt": "text"}.get(builder, builder)
-            return datasets.load_dataset(builder, data_files={params.split: str(local)}, split=params.split)
+            fmt = FORMATS.get(local.suffix.lower())
+            if fmt is None:
+                raise UserError(f"sources.hf.name: {params.name}: unknown file type {local.suffix!r}; use one of "
+                                f"{sorted(FORMATS)} or a folder")
+            builder = {"jsonl": "json", "txt": "text"}.get(fmt, fmt)
+            extra = {"delimiter": "\t"} if local.suffix.lower() == ".tsv" else {}
+            return datasets.load_dataset(builder, data_files={params.split: str(local)}, split=params.split, **extra)
         return datasets.load_dataset(params.name, params.config, split=params.split, revision=params.revision)
-    except (FileNotFoundError, ConnectionError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    # Offline, an uncached hub id is a ConnectionError ("Couldn't reach ... (OfflineModeIsEnabled)"); a folder with
+    # no data files a FileNotFoundError; an unknown split or config a ValueError; a data file that does not parse a
+    # DatasetGenerationError (a DatasetsError, not an OSError), whose cause says what is wrong.
+    except (FileNotFoundError, ConnectionError, ValueError, datasets.exceptions.DatasetsError) as exc:
+        cause = exc.__cause__ if isinstance(exc, datasets.exceptions.DatasetGenerationError) and exc.__cause__ else exc
+        first = str(cause).strip().splitlines()[0].rstrip(".") if str(cause).strip() else type(cause).__name__
+        hint = ("fix the file or point sources.hf.name at another" if local.exists() else
+                "offline, it must be a local path or in the HF cache (`hf download --repo-type dataset NAME` "
+                "where there is network)")
         raise UserError(f"sources.hf: cannot load dataset {params.name!r} (config {params.config!r}, split "
-                        f"{params.split!r}): {first}. Offline, it must be a local path or in the HF cache "
-                        "(`hf download --repo-type dataset NAME` where there is network).") from None
+                        f"{params.split!r}): {first}; {hint}") from None
 
 
 def collect(params: HfSourceParams, *, run_id: str, quarantine: list[dict], stats: dict) -> list[dict]:
