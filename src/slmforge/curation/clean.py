@@ -114,6 +114,14 @@ def clean(records: list[dict], params: CleanParams, *, scorer=None, encoder=None
                 dup_of[cand_idx[d]] = (cand_idx[keep], sim)
                 reasons[cand_idx[d]].append("duplicate_semantic")
     lap("dedup_semantic", t)
+    # An exact copy of B points at B; if semantic de-duplication then drops B for C, follow the chain so
+    # every dup_of names a record that was kept.
+    for i, (keep, sim) in list(dup_of.items()):
+        seen = {i}
+        while keep in dup_of and keep not in seen:
+            seen.add(keep)
+            keep, sim = dup_of[keep][0], min(sim, dup_of[keep][1])
+        dup_of[i] = (keep, sim)
 
     kept, rejected = [], []
     for i, rec in enumerate(records):

@@ -83,8 +83,12 @@ def embed(texts: list[str], encoder, batch_size: int) -> np.ndarray:
     """Unit-length embeddings, so a dot product is the cosine similarity."""
     # Sorting by length makes batches of similar lengths: less padding, same vectors (sentence-transformers
     # sorts within its call too; this keeps the progress bar honest over one call).
-    return np.asarray(encoder.encode(texts, batch_size=batch_size, normalize_embeddings=True,
-                                     convert_to_numpy=True, show_progress_bar=len(texts) > 2000), dtype=np.float32)
+    emb = np.asarray(encoder.encode(texts, batch_size=batch_size, normalize_embeddings=True,
+                                    convert_to_numpy=True, show_progress_bar=len(texts) > 2000), dtype=np.float32)
+    # Normalised again in float32: a bf16 encoder's unit vectors are off by up to ~0.5%, which gave cosines
+    # of 1.004 and moved pairs near the threshold across it.
+    norms = np.linalg.norm(emb, axis=1, keepdims=True)
+    return emb / np.where(norms > 0, norms, 1.0)
 
 
 def semantic_duplicates(emb: np.ndarray, order: list[int], threshold: float,
@@ -111,15 +115,15 @@ def semantic_duplicates(emb: np.ndarray, order: list[int], threshold: float,
         inner = e @ e.T
         block_keep = []
         for j in range(len(block)):  # within the block: sequential, best first (a row is at most block_size)
-            if near[j] >= 0:
-                continue
             if block_keep:
+                # The nearest kept record wins wherever it is (an earlier block or this one), so where the
+                # blocks are cut never changes which record a duplicate points to.
                 sims_j = inner[j, block_keep]
                 k = int(sims_j.argmax())
-                if sims_j[k] >= threshold:
+                if sims_j[k] >= threshold and sims_j[k] > near_sim[j]:
                     near[j], near_sim[j] = block[block_keep[k]], sims_j[k]
-                    continue
-            block_keep.append(j)
+            if near[j] < 0:
+                block_keep.append(j)
         for j in np.flatnonzero(near >= 0):
             dups[int(block[j])] = (int(near[j]), float(near_sim[j]))
         kept_idx[n_kept:n_kept + len(block_keep)] = block[block_keep]

@@ -7,6 +7,7 @@ from collections import Counter
 
 import phonenumbers
 
+from slmforge.curation.normalise import CODE_SPANS
 from slmforge.params import PiiParams
 
 EMAIL = re.compile(r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)*\.[a-z]{2,}\b", re.I)
@@ -14,7 +15,8 @@ HANDLE = re.compile(r"(?<![\w.@/])@\w{1,15}\b")
 _DIGITS = re.compile(r"\d[\d\s().-]{6,}\d")  # cheap gate: libphonenumber runs only where a number could be
 # libphonenumber's POSSIBLE leniency also matches arithmetic ("0.0083  0.0167", "(50412 - 49811)"), which
 # statistics answers are full of; a match must also be written the way people write phone numbers.
-_PHONE_SHAPE = re.compile(r"(?:\+\d{1,3}[\s.-]?)?(?:\(\d{2,4}\)[\s.-]?)?\d{2,4}(?:[\s.-]\d{2,4}){1,3}")
+# A US trunk prefix ("1-800-555-0199", "1 (800) ...") counts too, but not "1 000 000 000" (a spaced thousand).
+_PHONE_SHAPE = re.compile(r"(?:\+\d{1,3}[\s.-]?|1[.-]|1 (?=\())?(?:\(\d{2,4}\)[\s.-]?)?\d{2,4}(?:[\s.-]\d{2,4}){1,3}")
 
 
 def _phone_like(raw: str) -> bool:
@@ -40,9 +42,15 @@ def scrub(text: str, params: PiiParams) -> tuple[str, Counter]:
         if matches:
             counts["phone"] += len(matches)
     if params.handles:
+        # Not inside code: "@staticmethod", "@Override" and roxygen's "@param" are code, not people.
         placeholder = params.placeholders["handle"]
-        n = sum(1 for m in HANDLE.finditer(text) if m.group(0) != placeholder)
-        if n:
-            counts["handle"] += n
-            text = HANDLE.sub(placeholder, text)
+        out, last = [], 0
+        for code in [*CODE_SPANS.finditer(text), None]:
+            prose = text[last:code.start() if code else len(text)]
+            counts["handle"] += sum(1 for m in HANDLE.finditer(prose) if m.group(0) != placeholder)
+            out += [HANDLE.sub(placeholder, prose), code.group(0) if code else ""]
+            last = code.end() if code else len(text)
+        text = "".join(out)
+        if not counts["handle"]:
+            del counts["handle"]
     return text, counts

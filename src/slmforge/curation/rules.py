@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 
-from slmforge.curation.normalise import strip_code
+from slmforge.curation.normalise import CODE_SPANS, strip_code
 from slmforge.io import UserError
-from slmforge.params import RuleParams
+from slmforge.params import RuleParams, build
 
 URL = re.compile(r"https?://\S+|\bwww\.\S+|\b[\w-]+\.(?:com|net|org|io|biz|ly|co)/\S*", re.I)
 HASHTAG = re.compile(r"(?<![\w&])#\w+")
@@ -22,13 +23,21 @@ def rules_for(params: RuleParams) -> dict[str, RuleParams]:
         if unknown:
             raise UserError(f"params.yaml: clean.rules.by_origin.{origin}.{unknown[0]} is not a rule "
                             f"(rules: {', '.join(sorted(names))})")
-        out[origin] = dataclasses.replace(params, **overrides)
+        # Built like the section itself, so a wrong type ({max_urls: "0"}) is a one-line error, not a TypeError later.
+        merged = {name: getattr(params, name) for name in names | {"by_origin"}} | overrides
+        out[origin] = build(RuleParams, merged, f"clean.rules.by_origin.{origin}")
+        compile_patterns(out[origin])  # a bad per-origin pattern fails here, before any record is read
     return out
 
 
 def compile_patterns(params: RuleParams) -> list[re.Pattern]:
+    return list(_compiled(tuple(params.spam_patterns)))
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled(patterns: tuple[str, ...]) -> tuple[re.Pattern, ...]:
     try:
-        return [re.compile(p, re.I) for p in params.spam_patterns]
+        return tuple(re.compile(p, re.I) for p in patterns)
     except re.error as exc:
         raise UserError(f"params.yaml: clean.rules.spam_patterns: {exc.pattern!r} is not a valid regex: {exc}") from None
 
@@ -41,6 +50,8 @@ def body(rec: dict) -> str:
 def rule_reasons(rec: dict, raw: dict, rules: RuleParams, patterns: list[re.Pattern]) -> list[str]:
     """Every rule the normalised record `rec` breaks, as reason names; empty when it passes. Hashtags are
     counted on the `raw` record, since normalisation turns them into words."""
+    if [p.pattern for p in patterns] != list(rules.spam_patterns):
+        patterns = compile_patterns(rules)  # by_origin overrides spam_patterns: its own list applies, not the default's
     reasons = []
     main = body(rec)
     if rec.get("kind") == "pair" and len(rec.get("prompt") or "") < rules.min_prompt_chars:
@@ -59,7 +70,8 @@ def rule_reasons(rec: dict, raw: dict, rules: RuleParams, patterns: list[re.Patt
     letters = [c for c in strip_code(main) if c.isalpha()]
     if len(letters) >= 20 and sum(c.isupper() for c in letters) / len(letters) > rules.max_upper_ratio:
         reasons.append("shouting")
-    whole = f"{rec.get('prompt') or ''}\n{main}"
+    # Code is not read for spam: R prints "[1] 0 0 0 0 0 1", which is not a word repeated by a spammer.
+    whole = CODE_SPANS.sub(" ", f"{rec.get('prompt') or ''}\n{main}")
     if any(p.search(whole) for p in patterns):
         reasons.append("spam")
     return reasons

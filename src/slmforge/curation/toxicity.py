@@ -49,7 +49,15 @@ def _detoxify(params: ToxicityParams) -> Callable[[list[str]], np.ndarray]:
     import torch
 
     checkpoint = detoxify_checkpoint(params)
-    model = Detoxify(checkpoint=str(checkpoint), device="cpu", huggingface_config_path=params.detoxify_hf_config)
+    if params.detoxify_hf_config and not Path(params.detoxify_hf_config).is_dir():
+        raise UserError(f"clean.toxicity.detoxify_hf_config: {params.detoxify_hf_config} is not a folder; save the "
+                        "checkpoint's HF config and tokenizer there, or set it to null to use the hub's cache")
+    try:
+        model = Detoxify(checkpoint=str(checkpoint), device="cpu", huggingface_config_path=params.detoxify_hf_config)
+    except OSError as exc:  # the checkpoint names a hub model (bert-base-uncased, ...) whose config is not cached
+        raise UserError(f"detoxify cannot load the HF config and tokenizer for {checkpoint}: "
+                        f"{str(exc).splitlines()[0]}; set clean.toxicity.detoxify_hf_config to a local folder "
+                        "holding them, or set clean.toxicity.backend=profanity") from None
     torch.set_num_threads(max(1, os.cpu_count() or 1))
 
     def score(texts: list[str]) -> np.ndarray:
