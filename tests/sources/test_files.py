@@ -400,3 +400,30 @@ def test_bad_input_is_quarantined_and_the_stages_finish_and_account_for_it(tmp_p
     assert clean["records_in"] == 3 == clean["kept"] + clean["rejected"]
     assert (len(kept), len(rejected)) == (clean["kept"], clean["rejected"])
     assert clean["quarantined_at_collect"] == {"files": len(bad) + 1}
+
+
+# --- ids, patterns and text encodings --------------------------------------------------------------------
+
+
+def test_files_with_the_same_name_in_two_folders_get_distinct_ids(tmp_path):
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        write_jsonl(tmp_path / sub / "train.jsonl", [{"id": "1", "question": Q1, "answer": A1}])
+    records, quarantine, _ = run(params(tmp_path / "*" / "train.jsonl", watch=str(tmp_path)))
+    assert quarantine == []
+    assert [r["id"] for r in records] == ["files:a/train:1", "files:b/train:1"]
+
+
+def test_a_pattern_that_matches_nothing_is_an_error_even_when_others_match(tmp_path):
+    good = write_jsonl(tmp_path / "good.jsonl", [{"id": "1", "question": Q1, "answer": A1}])
+    with pytest.raises(UserError) as exc:
+        run(params(good, tmp_path / "typo*.jsonl"))
+    assert "typo*.jsonl" in one_line_error(exc)
+
+
+def test_txt_paragraph_with_invalid_utf8_is_quarantined_and_the_rest_read(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_bytes(b"First paragraph about power.\n\nBroken \xff\xfe bytes here.\n\nThird paragraph on MDE.\n")
+    records, quarantine, _ = run(params(path, record_kind="document", txt_unit="paragraph"))
+    assert [r["text"] for r in records] == ["First paragraph about power.", "Third paragraph on MDE."]
+    assert [(q["line"], q["reason"]) for q in quarantine] == [(3, "invalid UTF-8")]

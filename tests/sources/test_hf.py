@@ -205,3 +205,9 @@ def test_duplicate_ids_are_quarantined_and_the_first_kept(tmp_path):
     assert "duplicate id hf:dups.jsonl:q1" in quarantine[0]["reason"]
     assert json.loads(quarantine[0]["raw"])["answer"] == "A second row with the first row's id."
     assert len(records) + len(quarantine) == len(rows)
+
+
+def test_a_mapped_id_column_that_is_absent_is_an_error_not_row_numbers():
+    with pytest.raises(UserError) as exc:
+        run(params(str(EXAMPLE), columns={"id": "uid", "prompt": "question", "response": "answer"}))
+    assert "'uid'" in one_line_error(exc)

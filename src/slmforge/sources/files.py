@@ -112,19 +112,29 @@ def _parquet_rows(path: Path, quarantine: list[dict]) -> Iterator[tuple[int, dic
             yield i, row
 
 
-def _txt_rows(path: Path, unit: str) -> Iterator[tuple[int, dict]]:
-    text = path.read_bytes().decode("utf-8-sig", errors="replace").replace("\r\n", "\n")
+def _txt_units(text: str, unit: str) -> Iterator[tuple[int, str]]:
     if unit == "file":
-        yield 1, {"text": text}
+        yield 1, text
     elif unit == "line":
         for i, line in enumerate(text.split("\n"), start=1):
             if line.strip():
-                yield i, {"text": line}
+                yield i, line
     else:  # paragraphs: blocks of non-blank lines, each numbered by its first line
         line, pos = 1, 0
         for m in re.finditer(r"(?:^[^\S\n]*\S.*(?:\n|$))+", text, flags=re.M):
             line, pos = line + text.count("\n", pos, m.start()), m.start()
-            yield line, {"text": m.group().rstrip("\n")}
+            yield line, m.group().rstrip("\n")
+
+
+def _txt_rows(path: Path, unit: str, quarantine: list[dict]) -> Iterator[tuple[int, dict]]:
+    # surrogateescape as for CSV: a unit holding an undecodable byte is quarantined, the rest read.
+    text = path.read_bytes().decode("utf-8-sig", errors="surrogateescape").replace("\r\n", "\n")
+    for line, chunk in _txt_units(text, unit):
+        if any("\udc80" <= ch <= "\udcff" for ch in chunk):
+            quarantine.append({"file": str(path), "line": line, "reason": "invalid UTF-8",
+                               "raw": chunk.encode("utf-8", "surrogateescape").decode("utf-8", "replace")[:2000]})
+        else:
+            yield line, {"text": chunk}
 
 
 def rows_of(path: Path, fmt: str, params: FilesSourceParams, quarantine: list[dict]) -> Iterator[tuple[int, dict]]:
@@ -136,7 +146,17 @@ def rows_of(path: Path, fmt: str, params: FilesSourceParams, quarantine: list[di
         return iter_jsonl(path, quarantine, max_line_bytes=params.max_record_bytes)
     if fmt == "parquet":
         return _parquet_rows(path, quarantine)
-    return _txt_rows(path, params.txt_unit)
+    return _txt_rows(path, params.txt_unit, quarantine)
+
+
+def id_namespace(path: Path, watch: str) -> str:
+    """The file's part of a record id: its path under the watched folder without the suffix ("faq" for
+    data/files/faq.csv, "a/train" and "b/train" for two train.jsonl), stable across machines."""
+    try:
+        rel = path.resolve().relative_to(Path(watch).resolve())
+    except ValueError:
+        rel = Path(path.name)
+    return rel.with_suffix("").as_posix()
 
 
 def collect(params: FilesSourceParams, *, run_id: str, quarantine: list[dict], stats: dict) -> list[dict]:
@@ -147,15 +167,18 @@ def collect(params: FilesSourceParams, *, run_id: str, quarantine: list[dict], s
                         f"{sorted(set(FORMATS.values()))}")
     if params.txt_unit not in TXT_UNITS:
         raise UserError(f"sources.files.txt_unit: {params.txt_unit!r} is not one of {list(TXT_UNITS)}")
-    paths = sorted({p for pattern in params.paths for p in glob.glob(pattern, recursive=True) if Path(p).is_file()})
-    if not paths:
-        raise UserError(f"sources.files.paths: no file matches {params.paths} (relative to {Path.cwd()})")
+    paths: set[str] = set()
+    for pattern in params.paths:
+        found = [p for p in glob.glob(pattern, recursive=True) if Path(p).is_file()]
+        if not found:  # a typo in one pattern would otherwise drop a whole file set without a word
+            raise UserError(f"sources.files.paths: no file matches {pattern!r} (relative to {Path.cwd()})")
+        paths.update(found)
     fetched_at = now_iso()
     records: list[dict] = []
     seen: dict[str, str] = {}
     stats.update(files=len(paths), empty_files=0, rows=0)
     bar = tqdm(desc="files", unit="rec", disable=None)
-    for name in paths:
+    for name in sorted(paths):
         path = Path(name)
         fmt = params.format if params.format != "auto" else FORMATS.get(path.suffix.lower())
         if fmt is None:
@@ -181,7 +204,7 @@ def collect(params: FilesSourceParams, *, run_id: str, quarantine: list[dict], s
                 continue
             rec, reason = map_row(row, columns=params.columns, meta_columns=params.meta_columns,
                                   record_kind=params.record_kind, origin=params.origin,
-                                  namespace=f"{params.origin}:{path.stem}", fallback_id=str(line),
+                                  namespace=f"{params.origin}:{id_namespace(path, params.watch)}", fallback_id=str(line),
                                   where=where, prov=prov)
             if rec is not None and rec["id"] in seen:
                 reason, rec = f"duplicate id {rec['id']} (first at {seen[rec['id']]})", None

@@ -56,8 +56,10 @@ def collect(params: HfSourceParams, *, run_id: str, quarantine: list[dict], stat
         if params.split not in ds:
             raise UserError(f"sources.hf.split: {params.split!r} not in {params.name!r} (splits: {sorted(ds)})")
         ds = ds[params.split]
-    missing = sorted({params.columns.get(f, f) for f in (("prompt", "response") if params.record_kind == "pair" else ("text",))}
-                     - set(ds.column_names))
+    needed = {params.columns.get(f, f) for f in (("prompt", "response") if params.record_kind == "pair" else ("text",))}
+    if "id" in params.columns:  # a mapped id column that is absent would silently fall back to row numbers
+        needed.add(params.columns["id"])
+    missing = sorted(needed - set(ds.column_names))
     if missing:
         raise UserError(f"sources.hf.columns: {params.name!r} has no column {missing[0]!r} (columns: {ds.column_names})")
     namespace = f"hf:{Path(params.name).name if Path(params.name).exists() else params.name}"
