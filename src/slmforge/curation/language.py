@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from concurrent.futures import ProcessPoolExecutor
 
+from tqdm import tqdm
+
 from slmforge.curation.normalise import strip_code
 from slmforge.params import LanguageParams
 
@@ -39,7 +41,8 @@ def language_probs(texts: list[str], params: LanguageParams) -> list[dict[str, f
     chunk = 500
     parts = [prose[i:i + chunk] for i in range(0, len(prose), chunk)]
     with ProcessPoolExecutor(params.workers, initializer=_init, initargs=(params.seed,)) as pool:
-        return [p for part in pool.map(_probs, parts) for p in part]
+        done = tqdm(pool.map(_probs, parts), total=len(parts), desc="language", unit="chunk")
+        return [p for part in done for p in part]
 
 
 def kept_prob(probs: dict[str, float], params: LanguageParams) -> float:

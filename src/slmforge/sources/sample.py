@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from tqdm import tqdm
+
 from slmforge.io import UserError, read_jsonl
 from slmforge.params import SampleSourceParams
 from slmforge.sources.records import arxiv_document, now_iso, record, stackexchange_pair, tweet_pair
@@ -36,7 +38,7 @@ def collect(params: SampleSourceParams, *, run_id: str, quarantine: list[dict], 
     root = Path(params.path)
     fetched_at = now_iso()
     records: list[dict] = []
-    for name in params.files:
+    for name in tqdm(params.files, desc="sample", unit="file", disable=None):
         if name not in PARSERS:
             raise UserError(f"sources.sample.files: no parser for `{name}` (known: {', '.join(PARSERS)})")
         for item in read_jsonl(root / name, quarantine):
