@@ -49,11 +49,11 @@ def fit(tokenizer, messages: list[dict], max_tokens: int) -> list[dict] | None:
 
 
 def histogram(lengths: list[int], bins: list[int]) -> dict[str, int]:
-    """Counts of lengths at or under each edge ("le_0064") and over the last ("gt_4096"); zero-padded so
-    the keys sort in order where JSON is written with sorted keys (dvc metrics show)."""
+    """Counts of lengths at or under each edge ("le_0064") and over the last ("le_inf"); zero-padded so the
+    keys sort in order where JSON is written with sorted keys (dvc metrics show)."""
     edges = sorted(bins)
     width = len(str(edges[-1]))
-    keys = [f"le_{e:0{width}d}" for e in edges] + [f"gt_{edges[-1]:0{width}d}"]
+    keys = [f"le_{e:0{width}d}" for e in edges] + ["le_inf"]
     counts = Counter()
     for n in lengths:
         counts[next((k for k, e in zip(keys, edges) if n <= e), keys[-1])] += 1
