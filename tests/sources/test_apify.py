@@ -6,6 +6,7 @@ import dataclasses
 import gzip
 import json
 import logging
+import secrets
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from slmforge.sources import COLLECTORS, apify
 from tests.sources.loopback import Loopback, json_response
 
 ROOT = Path(__file__).resolve().parents[2]
-TOKEN = "apify_api_SECRET0123456789token"
+TOKEN = "fake-token-" + secrets.token_hex(8)  # made per run, so no credential-like literal sits in the repo
 ACTOR = "apidojo/tweet-scraper"
 RUN_ID = "Hq2CjbRh2y4DZcTE1"
 DATASET_ID = "wEZmtHyyYgxq9pB4r"

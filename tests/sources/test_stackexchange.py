@@ -2,6 +2,7 @@
 
 import copy
 import json
+import secrets
 
 import pytest
 
@@ -13,7 +14,7 @@ from slmforge.sources.stackexchange import collect
 from tests.sources.loopback import TRUNCATE, Loopback, json_response
 
 ROOT_SAMPLE = __import__("pathlib").Path(__file__).resolve().parents[2] / "data" / "sample" / "stackexchange.jsonl"
-KEY = "Zk9vKEYsecret(("
+KEY = "fake-key-" + secrets.token_hex(6) + "(("  # per run; "((" must be URL-quoted, redaction still finds it
 
 
 def api_questions(n: int) -> list[dict]:
