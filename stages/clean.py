@@ -28,13 +28,7 @@ def main(argv=None):
             at_collect[path.name.removesuffix(".quarantine.jsonl")] = len(read_jsonl(path, []))
         else:
             records.extend(read_jsonl(path, malformed, max_line_bytes=params.max_record_bytes))
-    kept, rejected, metrics = clean(records, params)
-    # A raw line that is not a record is still accounted for: rejected with its reason, file and line.
-    rejected += [{"id": None, "reasons": ["malformed"], "quarantine": bad} for bad in malformed]
-    metrics["records_in"] += len(malformed)
-    metrics["rejected"] += len(malformed)
-    if malformed:
-        metrics["reasons"]["malformed"] = len(malformed)
+    kept, rejected, metrics = clean(records, params, malformed=malformed)
     metrics["quarantined_at_collect"] = dict(sorted(at_collect.items()))
     atomic_write_jsonl(args.kept, kept)
     atomic_write_jsonl(args.rejected, rejected)

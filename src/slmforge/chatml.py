@@ -11,14 +11,9 @@ from slmforge.io import UserError
 from slmforge.params import ChatmlParams
 
 
-class _Fields(dict):
-    def __missing__(self, key):
-        raise KeyError(key)
-
-
 def to_messages(rec: dict, template: dict[str, str], origin: str) -> list[dict]:
-    fields = _Fields({**(rec.get("meta") or {}), "prompt": (rec.get("prompt") or "").strip(),
-                      "response": (rec.get("response") or "").strip(), "text": (rec.get("text") or "").strip()})
+    fields = {**(rec.get("meta") or {}), "prompt": (rec.get("prompt") or "").strip(),
+                      "response": (rec.get("response") or "").strip(), "text": (rec.get("text") or "").strip()}
     try:
         user = template["user"].format_map(fields)
     except KeyError as exc:

@@ -44,9 +44,12 @@ def origin(rec: dict) -> str:
     return (rec.get("meta") or {}).get("origin") or rec.get("source") or "unknown"
 
 
-def clean(records: list[dict], params: CleanParams, *, scorer=None, encoder=None) -> tuple[list[dict], list[dict], dict]:
-    """(kept, rejected, metrics). `scorer` (toxicity) and `encoder` (sentence-transformers) are loaded from
-    params when not given; tests and benchmarks pass them to load once."""
+def clean(records: list[dict], params: CleanParams, *, malformed: list[dict] = (), scorer=None,
+          encoder=None) -> tuple[list[dict], list[dict], dict]:
+    """(kept, rejected, metrics). `malformed` are the quarantine entries of raw lines that were not records:
+    rejected as `malformed` with their file and line, so they are accounted for too. `scorer` (toxicity)
+    and `encoder` (sentence-transformers) are loaded from params when not given; tests and benchmarks pass
+    them to load once."""
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
 
@@ -136,13 +139,16 @@ def clean(records: list[dict], params: CleanParams, *, scorer=None, encoder=None
             out = norm[i]
             out["meta"] = {**(out.get("meta") or {}), "clean": signals[i]}
             kept.append(out)
+    by_origin = Counter(origin(r) for r in rejected)
+    rejected += [{"id": None, "reasons": ["malformed"], "quarantine": bad} for bad in malformed]
     elapsed = time.perf_counter() - t0
+    n_in = len(records) + len(malformed)
     metrics = {
-        "records_in": len(records), "kept": len(kept), "rejected": len(rejected),
-        "accounting_ok": len(records) == len(kept) + len(rejected),
+        "records_in": n_in, "kept": len(kept), "rejected": len(rejected),
+        "accounting_ok": n_in == len(kept) + len(rejected),
         "reasons": dict(sorted(Counter(r for rec in rejected for r in rec["reasons"]).items())),
         "kept_by_origin": dict(sorted(Counter(origin(r) for r in kept).items())),
-        "rejected_by_origin": dict(sorted(Counter(origin(r) for r in rejected).items())),
+        "rejected_by_origin": dict(sorted(by_origin.items())),
         "pii_replaced": dict(sorted(pii_counts.items())),
         "toxicity_backend": params.toxicity.backend,
         "dedup": {"exact": sum(1 for r in rejected if "duplicate_exact" in r["reasons"]),
@@ -151,5 +157,5 @@ def clean(records: list[dict], params: CleanParams, *, scorer=None, encoder=None
         "seconds": timings, "records_per_s": round(len(records) / elapsed, 1) if elapsed else None,
     }
     if not metrics["accounting_ok"]:  # cannot happen by construction; a loud check if a change breaks it
-        raise AssertionError(f"clean lost records: {len(records)} in, {len(kept)} kept, {len(rejected)} rejected")
+        raise AssertionError(f"clean lost records: {n_in} in, {len(kept)} kept, {len(rejected)} rejected")
     return kept, rejected, metrics

@@ -81,8 +81,7 @@ def load_encoder(params: DedupParams):
 
 def embed(texts: list[str], encoder, batch_size: int) -> np.ndarray:
     """Unit-length embeddings, so a dot product is the cosine similarity."""
-    # Sorting by length makes batches of similar lengths: less padding, same vectors (sentence-transformers
-    # sorts within its call too; this keeps the progress bar honest over one call).
+    # One encode call: sentence-transformers sorts the texts by length inside it, so batches carry little padding.
     emb = np.asarray(encoder.encode(texts, batch_size=batch_size, normalize_embeddings=True,
                                     convert_to_numpy=True, show_progress_bar=len(texts) > 2000), dtype=np.float32)
     # Normalised again in float32: a bf16 encoder's unit vectors are off by up to ~0.5%, which gave cosines

@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from slmforge.io import UserError
 from slmforge.params import ApifySourceParams, TweetFilterParams
+from slmforge.sources.http import redact
 from slmforge.sources.records import now_iso, tweet_pair, tweet_text
 
 PAGE_SIZE = 1000  # dataset items per request: small enough that max_records stops the reading (and the bill) early
@@ -46,16 +47,12 @@ def collect(params: ApifySourceParams, *, run_id: str, quarantine: list[dict], s
         return _pairs_to_records(items, params, query=query, run_id=run_id, quarantine=quarantine, stats=stats)
     except ApifyApiError as exc:
         what = f"{exc.status_code} {exc.type}" if exc.type else str(exc.status_code)
-        raise UserError(_redact(f"sources.apify: the Apify API at {params.api_url} answered {what}: {exc.message} "
-                                f"(check the token, actor and dataset_id)", token)) from None
+        # The API does not echo the token, but an error line is printed and logged: make sure of it.
+        raise UserError(redact(f"sources.apify: the Apify API at {params.api_url} answered {what}: {exc.message} "
+                               f"(check the token, actor and dataset_id)", [token])) from None
     except (ApifyClientError, impit.HTTPError, OSError) as exc:
-        raise UserError(_redact(f"sources.apify: cannot talk to {params.api_url} after {params.max_retries} retries: "
-                                f"{type(exc).__name__}: {exc}", token)) from None
-
-
-def _redact(message: str, token: str) -> str:
-    # The API does not echo the token, but an error message is printed and logged: make sure of it.
-    return " ".join(message.replace(token, "***").split())
+        raise UserError(redact(f"sources.apify: cannot talk to {params.api_url} after {params.max_retries} retries: "
+                               f"{type(exc).__name__}: {exc}", [token])) from None
 
 
 def _dataset_to_read(client: ApifyClient, params: ApifySourceParams, stats: dict) -> tuple[str, str]:

@@ -44,6 +44,11 @@ def map_row(row: dict, *, columns: dict[str, str], meta_columns: list[str], reco
                   response=value("response") or "", text=value("text") or "", meta=meta, **prov), None
 
 
+def _undecodable(text: str) -> bool:
+    """Whether text read with errors="surrogateescape" holds a byte that was not UTF-8."""
+    return any("\udc80" <= ch <= "\udcff" for ch in text)
+
+
 def _csv_rows(path: Path, quarantine: list[dict]) -> Iterator[tuple[int, dict]]:
     raw = path.read_bytes()
     # surrogateescape keeps going past an undecodable byte; the row that holds it is quarantined below.
@@ -63,7 +68,7 @@ def _csv_rows(path: Path, quarantine: list[dict]) -> Iterator[tuple[int, dict]]:
         if not fields:  # a blank line
             continue
         row = dict(zip(header, fields))
-        if any("\udc80" <= ch <= "\udcff" for v in fields for ch in v):
+        if any(_undecodable(v) for v in fields):
             quarantine.append({"file": str(path), "line": line, "reason": "invalid UTF-8",
                                "raw": json.dumps(row, ensure_ascii=True)[:2000]})
         elif len(fields) > len(header):  # an unquoted delimiter in a field: its columns are shifted
@@ -130,7 +135,7 @@ def _txt_rows(path: Path, unit: str, quarantine: list[dict]) -> Iterator[tuple[i
     # surrogateescape as for CSV: a unit holding an undecodable byte is quarantined, the rest read.
     text = path.read_bytes().decode("utf-8-sig", errors="surrogateescape").replace("\r\n", "\n")
     for line, chunk in _txt_units(text, unit):
-        if any("\udc80" <= ch <= "\udcff" for ch in chunk):
+        if _undecodable(chunk):
             quarantine.append({"file": str(path), "line": line, "reason": "invalid UTF-8",
                                "raw": chunk.encode("utf-8", "surrogateescape").decode("utf-8", "replace")[:2000]})
         else:

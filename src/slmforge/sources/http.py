@@ -75,7 +75,8 @@ def json_body(response: requests.Response) -> Any:
     return response.json()
 
 
-def _redact(text: str, secrets: list[str]) -> str:
+def redact(text: str, secrets: list[str]) -> str:
+    """The text with every secret replaced by *** and whitespace collapsed: fit for an error line or a log."""
     for secret in secrets:
         text = text.replace(secret, "***")
     return " ".join(text.split())
@@ -113,22 +114,22 @@ def get(session: requests.Session, url: str, params: dict, http: HttpParams, sta
         except (requests.Timeout, requests.ConnectionError, requests.exceptions.ChunkedEncodingError,
                 requests.exceptions.ContentDecodingError) as exc:
             # ChunkedEncodingError is how requests reports a body shorter than its Content-Length.
-            raise Retryable(f"{type(exc).__name__}: {_redact(str(exc), secrets)[:200]}") from exc
+            raise Retryable(f"{type(exc).__name__}: {redact(str(exc), secrets)[:200]}") from exc
         status = response.status_code
         if status == 429 or status >= 500:
             wait = retry_after_s(response)
-            detail = _redact(describe_error(response), secrets)
+            detail = redact(describe_error(response), secrets)
             if wait is not None and wait > MAX_RETRY_AFTER_S:
                 raise UserError(f"GET {shown}: HTTP {status} {detail}; the server asks to wait {wait:.0f} s: "
                                 "run again later")
             raise Retryable(f"HTTP {status} {detail}".strip(), wait)
         if status >= 400:
-            detail = _redact(describe_error(response), secrets)
+            detail = redact(describe_error(response), secrets)
             raise UserError(f"GET {shown}: HTTP {status} {detail}: {_advice(status, where)}")
         try:
             return parse(response)
         except ValueError as exc:
-            raise Retryable(f"HTTP {status} with a malformed or cut-off body ({_redact(str(exc), secrets)[:120]})") \
+            raise Retryable(f"HTTP {status} with a malformed or cut-off body ({redact(str(exc), secrets)[:120]})") \
                 from exc
 
     backoff = wait_exponential_jitter(multiplier=http.backoff_s, jitter=http.backoff_s, max=MAX_BACKOFF_S)
