@@ -1,4 +1,4 @@
-"""Stage `chatml`: cleaned pair records to chat rows, with the chat template's fingerprint in the metrics.
+"""Stage `chatml`: cleaned and synthetic pair records to chat rows, with the chat template's fingerprint in the metrics.
 
 Run: dvc repro chatml   (python -m stages.chatml --kept data/clean/kept.jsonl --base models/base ...)
 """
@@ -17,6 +17,7 @@ from slmforge.runner import run
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--kept", required=True, help="data/clean/kept.jsonl")
+    ap.add_argument("--synthetic", required=True, help="data/synth/pairs.jsonl (the oracle's pairs from documents)")
     ap.add_argument("--base", required=True, help="models/base (for the chat template)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--metrics", required=True)
@@ -26,7 +27,7 @@ def main(argv=None):
     tokenizer = AutoTokenizer.from_pretrained(args.base)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    rows, metrics = convert(read_jsonl(args.kept), params, tokenizer)
+    rows, metrics = convert(read_jsonl(args.kept) + read_jsonl(args.synthetic), params, tokenizer)
     metrics["template_sha256"] = template_fingerprint(tokenizer)
     atomic_write_jsonl(args.out, rows)
     atomic_write_json(args.metrics, metrics)

@@ -1,30 +1,46 @@
-"""Stage `split`: deterministic stratified train/val/test split, fact probes held out, leakage checked.
+"""Stage `split`: train/val/test stratified by source and oracle tier, fact probes held out, leakage gated.
 
-Run: dvc repro split   (python -m stages.split --chatml data/chatml/all.jsonl --out-dir data/split ...)
+Run: dvc repro split   (python -m stages.split --chatml data/chatml/all.jsonl --labels data/labels/labels.jsonl
+                         --out-dir data/split --metrics metrics/split.json)
 """
 
 import argparse
 from pathlib import Path
 
+from slmforge.curation.dedup import embed, load_sentence_encoder
 from slmforge.io import atomic_write_json, atomic_write_jsonl, read_jsonl
 from slmforge.params import check_params_fresh, load_params
 from slmforge.runner import run
 from slmforge.split import stratified_split
 
+ENCODER_MAX_TOKENS = 256  # MiniLM's own limit: a question's opening says what it asks
+
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--chatml", required=True)
+    ap.add_argument("--labels", required=True)
     ap.add_argument("--out-dir", required=True)
     ap.add_argument("--metrics", required=True)
     args = ap.parse_args(argv)
     check_params_fresh()
     params = load_params("split")
-    splits, metrics = stratified_split(read_jsonl(args.chatml), params)
-    for name, rows in splits.items():
-        atomic_write_jsonl(Path(args.out_dir) / f"{name}.jsonl", rows)
+    rows = read_jsonl(args.chatml)
+    labels = {label["id"]: label for label in read_jsonl(args.labels)}
+
+    def embed_texts(texts: list[str]):
+        # Loaded when the split asks (once), so a missing label stops the stage before the encoder loads.
+        encoder = load_sentence_encoder(params.encoder, ENCODER_MAX_TOKENS, "auto", "split.encoder")
+        return embed(texts, encoder, params.encoder_batch_size)
+
+    splits, metrics = stratified_split(rows, labels, params, embed=embed_texts)
+    for name, split_rows in splits.items():
+        atomic_write_jsonl(Path(args.out_dir) / f"{name}.jsonl", split_rows)
     atomic_write_json(args.metrics, metrics)
-    print("split: " + ", ".join(f"{k}={v}" for k, v in metrics["counts"].items()))
+    leak = metrics["leakage"]
+    print("split: " + ", ".join(f"{k}={v}" for k, v in metrics["counts"].items())
+          + f"; dropped_by_label={metrics['dropped_by_label']} duplicate_ids={metrics['duplicate_ids']}"
+          + f"; leakage moved val={leak['moved_val']} test={leak['moved_test']}")
 
 
 if __name__ == "__main__":

@@ -64,19 +64,25 @@ def encoder_path(name: str) -> str:
 
 
 def load_encoder(params: DedupParams):
+    return load_sentence_encoder(params.encoder, params.max_tokens, params.dtype, "clean.dedup.encoder")
+
+
+def load_sentence_encoder(name: str, max_tokens: int, dtype: str, where: str):
+    """A sentence-transformers encoder on CPU ("embedded": the packaged MiniLM); `where` is the config key
+    named in the one-line error when it cannot be loaded."""
     from sentence_transformers import SentenceTransformer
 
     from slmforge.modeling import compute_dtype
 
-    path = encoder_path(params.encoder)
+    path = encoder_path(name)
     try:
         encoder = SentenceTransformer(path, device="cpu")
     except OSError as exc:
-        where = "folder" if Path(path).exists() else "model (not cached for offline use?)"
-        raise UserError(f"clean.dedup.encoder: cannot load sentence-transformers {where} {path!r}: "
+        what = "folder" if Path(path).exists() else "model (not cached for offline use?)"
+        raise UserError(f"{where}: cannot load sentence-transformers {what} {path!r}: "
                         f"{str(exc).splitlines()[0]}") from None
-    encoder.max_seq_length = min(params.max_tokens, encoder.max_seq_length or params.max_tokens)
-    return encoder.to(compute_dtype(params.dtype))
+    encoder.max_seq_length = min(max_tokens, encoder.max_seq_length or max_tokens)
+    return encoder.to(compute_dtype(dtype))
 
 
 def embed(texts: list[str], encoder, batch_size: int) -> np.ndarray:

@@ -1,0 +1,220 @@
+"""Asking the oracle: cache lookups, a cost estimate and ceiling before any call, bounded concurrency, answers
+validated against their JSON schema (trivially broken ones repaired), failures kept, and a cost ledger."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import asdict, dataclass
+
+import jsonschema
+import json_repair
+from tqdm import tqdm
+
+from slmforge.io import UserError
+from slmforge.oracle.cache import AnswerCache, request_key
+from slmforge.oracle.types import Answer, OracleError, Request
+from slmforge.params import OracleParams
+
+CHARS_PER_TOKEN = 3.5  # a conservative estimate for English prose: estimates err towards more tokens
+
+
+def make_backend(params: OracleParams, base_dir=None, base_json=None):
+    """The backend named by `oracle.backend` (a plain name -> constructor map, as design.md says)."""
+    if params.backend == "claude":
+        from slmforge.oracle.claude import ClaudeBackend
+
+        return ClaudeBackend(params)
+    if params.backend == "local":
+        from slmforge.oracle.local import LocalBackend
+
+        return LocalBackend(params, base_dir, base_json)
+    raise UserError(f"params.yaml: oracle.backend must be claude or local, got {params.backend!r}")
+
+
+@dataclass
+class Ledger:
+    calls: int = 0
+    cache_hits: int = 0
+    failures: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cache_write_tokens: int = 0
+    cache_read_tokens: int = 0
+    usd: float = 0.0
+    seconds: float = 0.0
+
+    def add(self, ans: Answer, params: OracleParams) -> None:
+        self.calls += 1
+        self.tokens_in += ans.tokens_in
+        self.tokens_out += ans.tokens_out
+        self.cache_write_tokens += ans.cache_write_tokens
+        self.cache_read_tokens += ans.cache_read_tokens
+        self.usd += cost(ans, params)
+
+    def metrics(self) -> dict:
+        d = asdict(self)
+        d["usd"], d["seconds"] = round(self.usd, 6), round(self.seconds, 2)
+        return d
+
+
+def cost(ans: Answer, p: OracleParams) -> float:
+    usd = (ans.tokens_in * p.price_in_per_mtok + ans.tokens_out * p.price_out_per_mtok
+           + ans.cache_write_tokens * p.price_in_per_mtok * p.cache_write_multiplier
+           + ans.cache_read_tokens * p.price_in_per_mtok * p.cache_read_multiplier) / 1e6
+    return usd * (p.batch_discount if ans.batch else 1.0)
+
+
+def estimate_usd(requests: list[Request], p: OracleParams, batch: bool) -> float:
+    """An upper estimate: every call pays its whole prompt uncached and writes its whole max_tokens."""
+    tokens_in = sum((len(r.system) + len(r.prompt)) / CHARS_PER_TOKEN for r in requests)
+    tokens_out = sum(r.max_tokens for r in requests)
+    usd = (tokens_in * p.price_in_per_mtok + tokens_out * p.price_out_per_mtok) / 1e6
+    return usd * (p.batch_discount if batch else 1.0)
+
+
+_FENCE = re.compile(r"^\s*```[a-zA-Z]*\s*\n?(.*?)\n?```\s*$", re.DOTALL)
+
+
+def parse_answer(text: str, schema: dict) -> tuple[dict | None, str | None]:
+    """(answer, None) when the text is, or trivially repairs to, a JSON object valid under schema; else
+    (None, reason). Repairs: a code fence around it, prose before/after it, trailing commas, single quotes."""
+    body = _FENCE.sub(r"\1", text.strip())
+    try:
+        obj = json.loads(body)
+    except json.JSONDecodeError:
+        obj = json_repair.loads(body)  # returns "" when there is nothing JSON-like to repair
+    if not isinstance(obj, dict):
+        return None, f"not a JSON object: {text[:120]!r}"
+    try:
+        jsonschema.validate(obj, schema)
+    except jsonschema.ValidationError as exc:
+        return None, f"schema: {exc.message[:200]}"
+    return obj, None
+
+
+class Oracle:
+    """One backend behind the cache; `ask` answers a list of requests and keeps the ledger and failures."""
+
+    def __init__(self, params: OracleParams, cache: AnswerCache, backend):
+        self.params, self.cache, self.backend = params, cache, backend
+        self.decoding = {"temperature": params.temperature, "max_field_tokens": params.max_field_tokens}
+        self.ledger = Ledger()
+        self.failures: list[dict] = []
+
+    def key(self, req: Request) -> str:
+        return request_key(self.backend.name, self.backend.model_id(), self.decoding, req)
+
+    def ask(self, requests: list[Request], desc: str, batch: bool = False) -> list[dict | None]:
+        """The parsed answer of each request (None where it failed; the failure is in self.failures)."""
+        start = time.perf_counter()
+        keys = [self.key(r) for r in requests]
+        answers: dict[str, dict] = {}
+        misses: dict[str, Request] = {}
+        for key, req in zip(keys, requests):
+            entry = self.cache.get(key)
+            if entry is not None:
+                answers[key] = entry["answer"]
+                self.ledger.cache_hits += 1
+            else:
+                misses.setdefault(key, req)
+        usd = estimate_usd(list(misses.values()), self.params, batch)
+        print(f"{desc}: {len(requests)} requests, {len(requests) - len(misses)} answered from the cache, "
+              f"{len(misses)} to ask {self.backend.name}:{self.backend.model_id()} "
+              f"(estimated at most ${usd:.2f}; ceiling oracle.max_usd=${self.params.max_usd:.2f})", file=sys.stderr)
+        if misses and usd > self.params.max_usd:
+            raise UserError(f"oracle: the estimated cost ${usd:.2f} is above oracle.max_usd=${self.params.max_usd:.2f}: "
+                            f"raise it (-S oracle.max_usd=...) or ask fewer records")
+        if misses:
+            if batch and hasattr(self.backend, "complete_batch"):
+                self._ask_batch(misses, answers, desc)
+            else:
+                self._ask_each(misses, answers, desc)
+        self.ledger.seconds += time.perf_counter() - start
+        return [answers.get(k) for k in keys]
+
+    def _record(self, key: str, req: Request, result: Answer | Exception, answers: dict) -> None:
+        if isinstance(result, Exception):
+            self.ledger.failures += 1
+            self.failures.append({"id": req.id, "key": key, "error": str(result)[:300], "raw": None})
+            return
+        self.ledger.add(result, self.params)
+        obj, why = (result.parsed, None) if result.parsed is not None else parse_answer(result.text, req.schema)
+        if obj is not None and result.parsed is not None:
+            try:
+                jsonschema.validate(obj, req.schema)
+            except jsonschema.ValidationError as exc:
+                obj, why = None, f"schema: {exc.message[:200]}"
+        if obj is None:  # not cached: the next run asks again
+            self.ledger.failures += 1
+            self.failures.append({"id": req.id, "key": key, "error": why, "raw": result.text})
+            return
+        answers[key] = obj
+        self.cache.put(key, {"key": key, "id": req.id, "backend": self.backend.name, "model": self.backend.model_id(),
+                             "answer": obj, "raw": result.text, "tokens_in": result.tokens_in,
+                             "tokens_out": result.tokens_out, "batch": result.batch})
+
+    def _ask_each(self, misses: dict[str, Request], answers: dict, desc: str) -> None:
+        bar = tqdm(total=len(misses), desc=desc, unit="call", file=sys.stderr)
+        if self.params.concurrency <= 1:
+            for key, req in misses.items():
+                self._record(key, req, _call(self.backend, req), answers)
+                bar.update()
+            bar.close()
+            return
+        # Bounded: at most `concurrency` calls in flight, submitted as others finish, so a killed run loses
+        # only those (every finished answer is already in the cache).
+        pending, todo = {}, iter(misses.items())
+        with ThreadPoolExecutor(self.params.concurrency) as pool:
+            try:
+                while True:
+                    while len(pending) < self.params.concurrency and (item := next(todo, None)):
+                        pending[pool.submit(_call, self.backend, item[1])] = item
+                    if not pending:
+                        break
+                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    for fut in done:
+                        key, req = pending.pop(fut)
+                        self._record(key, req, fut.result(), answers)
+                        bar.update()
+            finally:
+                for fut in pending:
+                    fut.cancel()
+                bar.close()
+
+    def _ask_batch(self, misses: dict[str, Request], answers: dict, desc: str) -> None:
+        bar = tqdm(total=len(misses), desc=f"{desc} (batch)", unit="call", file=sys.stderr)
+
+        def progress(done: int, total: int) -> None:
+            bar.n = done
+            bar.refresh()
+
+        results = self.backend.complete_batch(list(misses.items()), progress=progress)
+        for key, req in misses.items():
+            self._record(key, req, results.get(key, OracleError("no result in the batch")), answers)
+        bar.n = len(misses)
+        bar.close()
+
+    def metrics(self) -> dict:
+        return {"oracle": {**self.ledger.metrics(), "backend": self.backend.name, "model": self.backend.model_id()}}
+
+
+def _call(backend, req: Request) -> Answer | Exception:
+    try:
+        return backend.complete(req)
+    except OracleError as exc:  # one call failed for good: recorded, the run goes on
+        return exc
+
+
+def open_oracle(params: OracleParams, cache_dir, base_dir=None, base_json=None) -> Oracle:
+    """The oracle a stage uses: its backend, and its cache folder (a DVC output) seeded with the answers of the
+    last locked run, so answers pulled from a remote are never paid for twice."""
+    from slmforge.oracle.cache import seed_from_dvc
+
+    seeded = seed_from_dvc(cache_dir)
+    if seeded:
+        print(f"oracle: {seeded} answers restored from DVC's cache of {cache_dir}", file=sys.stderr)
+    return Oracle(params, AnswerCache(cache_dir), make_backend(params, base_dir, base_json))

@@ -1,0 +1,227 @@
+"""The local oracle: a Hugging Face chat model answering by schema-guided decoding, offline and free.
+
+The answer's JSON is written by us, the values by the model: keys and punctuation are forced, a number is the
+expectation over the probabilities of the score tokens (as G-Eval does, so even a small model gives a graded
+score rather than one token's argmax), and a string is generated greedily up to its closing quote. The
+answer is therefore always valid JSON of the schema's shape; only its content is the model's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from slmforge.io import UserError
+from slmforge.oracle.types import Answer, Request
+from slmforge.params import OracleParams
+
+
+def model_fingerprint(path: Path, pin: dict | None) -> str:
+    """What identifies the weights: the base stage's pin (GGUF sha or hub commit) or the folder's config."""
+    material = json.dumps(pin, sort_keys=True) if pin else (path / "config.json").read_text()
+    return hashlib.sha256(material.encode()).hexdigest()[:12]
+
+
+class LocalBackend:
+    name = "local"
+
+    def __init__(self, params: OracleParams, base_dir=None, base_json=None):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from slmforge.modeling import compute_dtype, set_threads
+
+        set_threads()
+        self.params = params
+        if params.model == "base":
+            if not base_dir or not Path(base_dir, "config.json").exists():
+                raise UserError("oracle.model=base needs the base stage's model folder (models/base): run `dvc repro base`")
+            path, pin = Path(base_dir), json.loads(Path(base_json).read_text()) if base_json else None
+            source, kwargs = str(path), {}
+        else:
+            path, pin, source, kwargs = Path(params.model), None, params.model, {"revision": params.revision or "main"}
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+            self.model = AutoModelForCausalLM.from_pretrained(source, dtype=compute_dtype("auto"), **kwargs).eval()
+        except OSError as exc:
+            raise UserError(f"oracle.model: cannot load {source!r} ({str(exc).splitlines()[0]}); offline, only the "
+                            f"embedded `base` or a cached/local model works") from None
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.model.to(self.device)
+        self._id = f"{params.model if params.model != 'base' else 'base'}@" + (
+            model_fingerprint(path, pin) if params.model == "base" else (params.revision or "main"))
+        self._prefix: dict = {}
+        self._digits = {}
+        for v in range(10):
+            ids = self.tokenizer.encode(str(v), add_special_tokens=False)
+            if len(ids) != 1:
+                raise UserError(f"oracle.model: the local oracle reads scores from single-digit tokens, and "
+                                f"{source!r} splits {v!r} into {len(ids)} tokens")
+            self._digits[v] = ids[0]
+
+    def model_id(self) -> str:
+        return self._id
+
+    def _prompt_ids(self, req: Request):
+        """(KV cache of the shared system prefix, the rest of the prompt's ids): the rubric is the same for every
+        record, so its keys and values are computed once and copied, not recomputed per call."""
+        import copy
+
+        import torch
+        from transformers import DynamicCache
+
+        messages = [{"role": "system", "content": req.system}, {"role": "user", "content": req.prompt}]
+        full = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        head = self.tokenizer.apply_chat_template(messages[:1], tokenize=False)
+        if not full.startswith(head):  # a template that does not render the system turn on its own
+            head = ""
+        if head and head not in self._prefix:
+            cache = DynamicCache()
+            ids = self.tokenizer(head, add_special_tokens=False, return_tensors="pt")["input_ids"].to(self.device)
+            with torch.inference_mode():
+                self.model(input_ids=ids, past_key_values=cache, use_cache=True)
+            self._prefix = {head: (cache, ids.shape[1])}  # one shared prefix a stage: keep only the latest
+        cache, n_head = (copy.deepcopy(self._prefix[head][0]), self._prefix[head][1]) if head else (DynamicCache(), 0)
+        rest = self.tokenizer(full[len(head):], add_special_tokens=False)["input_ids"]
+        return cache, n_head, rest
+
+    def complete(self, req: Request) -> Answer:
+        import torch
+
+        cache, n_head, rest = self._prompt_ids(req)
+        with torch.inference_mode():
+            state = _State(self, cache, rest)
+            value = state.value(req.schema)
+        text = json.dumps(value, ensure_ascii=False)
+        return Answer(text=text, tokens_in=n_head + len(rest), parsed=value,
+                      tokens_out=len(self.tokenizer.encode(text, add_special_tokens=False)))
+
+
+class _State:
+    """One decoding: the KV cache of everything fed so far, text written but not yet fed (fed only when the next
+    token's probabilities are needed: fewer, larger forward passes), and the next token's logits."""
+
+    def __init__(self, backend: LocalBackend, cache, rest_ids: list[int]):
+        self.b, self.cache, self.n_out = backend, cache, 0
+        self.pending = ""
+        self.logits = self._feed(rest_ids)
+        self.n_out = 0
+
+    def _feed(self, ids: list[int]):
+        import torch
+
+        out = self.b.model(input_ids=torch.tensor([ids], device=self.b.device), past_key_values=self.cache,
+                           use_cache=True)
+        self.n_out += len(ids)
+        return out.logits[0, -1].float()
+
+    def rewind(self, length: int) -> None:
+        """Forget every token after the first `length` (transformers 5's crop takes how many to remove)."""
+        extra = self.cache.get_seq_length() - length
+        if extra > 0:
+            self.cache.crop(-extra)
+
+    def emit(self, text: str) -> None:
+        self.pending += text
+
+    def flush(self) -> None:
+        if self.pending:
+            self.logits = self._feed(self.b.tokenizer.encode(self.pending, add_special_tokens=False))
+            self.pending = ""
+
+    def value(self, schema: dict):
+        kind = schema.get("type")
+        if kind == "object":
+            self.emit("{")
+            out = {}
+            for i, (name, prop) in enumerate(schema["properties"].items()):
+                self.emit(("" if i == 0 else ", ") + json.dumps(name) + ": ")
+                out[name] = self.value(prop)
+            self.emit("}")
+            return out
+        if kind == "array":
+            n = schema.get("minItems", 1)
+            if schema.get("maxItems", n) != n:
+                raise UserError("the local oracle writes arrays of a fixed length (minItems = maxItems)")
+            self.emit("[")
+            items = []
+            for k in range(n):
+                if k:
+                    self.emit(", ")
+                items.append(self.value(schema["items"]))
+            self.emit("]")
+            return items
+        if kind in ("number", "integer"):
+            return self.score(int(schema["minimum"]), int(schema["maximum"]), kind == "integer")
+        if kind == "string":
+            return self.string()
+        raise UserError(f"the local oracle cannot write a JSON {kind!r}")
+
+    def score(self, lo: int, hi: int, integer: bool):
+        import torch
+
+        if not 0 <= lo < hi <= 10:
+            raise UserError("the local oracle reads scores 0 to 10 (single digits and 10): set rubric "
+                            "min_score/max_score within that range")
+        self.flush()
+        probs = torch.softmax(self.logits, -1)
+        p = {v: probs[self.b._digits[v]].item() for v in range(10)}
+        if hi == 10:  # "10" is two tokens: P(10) = P("1") * P("0" | "1"), and "1" keeps the rest of P("1")
+            mark = self.cache.get_seq_length()
+            after_one = torch.softmax(self._feed([self.b._digits[1]]), -1)
+            self.rewind(mark)
+            self.n_out -= 1
+            p_zero = after_one[self.b._digits[0]].item()
+            p[10], p[1] = p[1] * p_zero, p[1] * (1 - p_zero)
+        mass = {v: p.get(v, 0.0) for v in range(lo, hi + 1)}
+        total = sum(mass.values())
+        if total <= 0:
+            expected = (lo + hi) / 2
+        else:
+            expected = sum(v * m for v, m in mass.items()) / total
+        self.emit(str(round(expected)))
+        return round(expected) if integer else round(expected, 3)
+
+    def string(self) -> str:
+        import torch
+
+        self.emit('"')
+        self.flush()
+        mark, n_mark = self.cache.get_seq_length(), self.n_out
+        ids: list[int] = []
+        text = ""
+        eos = set(filter(None, [self.b.tokenizer.eos_token_id]))
+        for _ in range(self.b.params.max_field_tokens):
+            nxt = int(torch.argmax(self.logits))
+            if nxt in eos:
+                break
+            ids.append(nxt)
+            text = self.b.tokenizer.decode(ids)
+            end = _closing_quote(text)
+            if end is not None or "\n" in text:
+                text = text[:end] if end is not None else text[:text.index("\n")]
+                break
+            self.logits = self._feed([nxt])
+        else:  # cut off at max_field_tokens: keep whole sentences rather than a dangling half
+            cut = max(text.rfind(". "), text.rfind("? "), text.rfind("! "))
+            text = text[:cut + 1] if cut > 0 else text
+        try:
+            value = json.loads(f'"{text}"')
+        except json.JSONDecodeError:
+            value = text.replace('\\"', '"')
+        value = value.strip()
+        # Rewind and write the string as canonical JSON, so what follows is conditioned on well-formed text.
+        self.rewind(mark)
+        self.n_out = n_mark
+        self.emit(json.dumps(value, ensure_ascii=False)[1:])
+        return value
+
+
+def _closing_quote(text: str) -> int | None:
+    escaped = False
+    for i, ch in enumerate(text):
+        if ch == '"' and not escaped:
+            return i
+        escaped = ch == "\\" and not escaped
+    return None

@@ -1,0 +1,41 @@
+"""Stage `calibrate`: the oracle labels a stratified sample; its errors give a verdict PASS / REVIEW / FAIL that
+gates label.
+
+Run: dvc repro calibrate   (python -m stages.calibrate --chatml data/chatml/all.jsonl --metrics metrics/calibration.json ...)
+"""
+
+import argparse
+
+from slmforge.calibration import calibrate, report_markdown
+from slmforge.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl
+from slmforge.oracle.client import open_oracle
+from slmforge.params import check_params_fresh, load_params
+from slmforge.runner import run
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--chatml", required=True, help="data/chatml/all.jsonl")
+    ap.add_argument("--base", required=True, help="models/base (the local oracle's default model)")
+    ap.add_argument("--pin", required=True, help="models/base.json")
+    ap.add_argument("--cache", required=True, help="this stage's oracle cache folder (a DVC output)")
+    ap.add_argument("--sample", required=True, help="the calibration sample with its strata and labels")
+    ap.add_argument("--failures", required=True)
+    ap.add_argument("--metrics", required=True)
+    ap.add_argument("--report", required=True)
+    args = ap.parse_args(argv)
+    check_params_fresh()
+    params, rubric = load_params("calibration"), load_params("rubric")
+    oracle = open_oracle(load_params("oracle"), args.cache, args.base, args.pin)
+    result, sample_rows = calibrate(read_jsonl(args.chatml), oracle, rubric, params)
+    atomic_write_jsonl(args.sample, sample_rows)
+    atomic_write_jsonl(args.failures, oracle.failures)
+    atomic_write_json(args.metrics, result)
+    atomic_write_text(args.report, report_markdown(result))
+    o = result["oracle"]
+    print(f"calibrate: verdict {result['verdict']} (validation {result['validation']['verdict']}, gate "
+          f"{result['gate']}); oracle calls {o['calls']}, cache hits {o['cache_hits']}, ${o['usd']:.4f} -> {args.report}")
+
+
+if __name__ == "__main__":
+    run(main)

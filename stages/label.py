@@ -1,0 +1,54 @@
+"""Stage `label`: every chat row scored by the oracle on the rubric (dimension scores, overall, tier), once the
+calibration verdict allows it.
+
+Run: dvc repro label   (python -m stages.label --chatml data/chatml/all.jsonl --calibration metrics/calibration.json ...)
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+from slmforge.calibration import effective_gate
+from slmforge.io import UserError, atomic_write_json, atomic_write_jsonl, read_jsonl
+from slmforge.labeling import label_metrics, label_rows
+from slmforge.oracle.client import open_oracle
+from slmforge.params import check_params_fresh, load_params
+from slmforge.runner import run
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--chatml", required=True, help="data/chatml/all.jsonl")
+    ap.add_argument("--calibration", required=True, help="metrics/calibration.json (the verdict)")
+    ap.add_argument("--base", required=True, help="models/base (the local oracle's default model)")
+    ap.add_argument("--pin", required=True, help="models/base.json")
+    ap.add_argument("--cache", required=True, help="this stage's oracle cache folder (a DVC output)")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--failures", required=True)
+    ap.add_argument("--metrics", required=True)
+    args = ap.parse_args(argv)
+    check_params_fresh()
+    params, rubric, oracle_params = load_params("label"), load_params("rubric"), load_params("oracle")
+    cal = json.loads(Path(args.calibration).read_text())
+    gate = effective_gate(load_params("calibration").gate, oracle_params.backend)
+    if gate == "enforce" and cal["verdict"] != "PASS":
+        raise UserError(f"label: the calibration verdict is {cal['verdict']} ({'; '.join(cal['reasons'][:2])}), and "
+                        f"calibration.gate=enforce: fix the rubric (see reports/calibration.md) or set calibration.gate=warn")
+    oracle = open_oracle(oracle_params, args.cache, args.base, args.pin)
+    rows = read_jsonl(args.chatml)
+    labels, failed = label_rows(rows, oracle, rubric, params.drop_tiers, batch=oracle_params.batch)
+    # A row the oracle could not label is kept, marked and dropped from training: nothing is lost silently.
+    out = [labels.get(r["id"]) or {"id": r["id"], "scores": {}, "overall": None, "tier": "unlabelled",
+                                  "dropped": True, "oracle": None} for r in rows]
+    metrics = {**label_metrics(labels, failed, len(rows)), "gate": gate, "calibration_verdict": cal["verdict"],
+               **oracle.metrics()}
+    atomic_write_jsonl(args.out, out)
+    atomic_write_jsonl(args.failures, oracle.failures)
+    atomic_write_json(args.metrics, metrics)
+    o = metrics["oracle"]
+    print(f"label: {metrics['labelled']} rows labelled, {metrics['failed']} failed, {metrics['dropped']} dropped; "
+          f"tiers {metrics['tiers']}; oracle calls {o['calls']}, cache hits {o['cache_hits']}, ${o['usd']:.4f}")
+
+
+if __name__ == "__main__":
+    run(main)

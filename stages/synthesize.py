@@ -1,0 +1,43 @@
+"""Stage `synthesize`: question/answer pairs made by the oracle from each document, with citations.
+
+Run: dvc repro synthesize   (python -m stages.synthesize --kept data/clean/kept.jsonl --out data/synth/pairs.jsonl ...)
+"""
+
+import argparse
+
+from slmforge.io import atomic_write_json, atomic_write_jsonl, read_jsonl
+from slmforge.oracle.client import open_oracle
+from slmforge.params import check_params_fresh, load_params
+from slmforge.runner import run
+from slmforge.synthesis import synthesize
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--kept", required=True, help="data/clean/kept.jsonl")
+    ap.add_argument("--base", required=True, help="models/base (the local oracle's default model)")
+    ap.add_argument("--pin", required=True, help="models/base.json")
+    ap.add_argument("--cache", required=True, help="this stage's oracle cache folder (a DVC output)")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--failures", required=True)
+    ap.add_argument("--metrics", required=True)
+    args = ap.parse_args(argv)
+    check_params_fresh()
+    params, oracle_params = load_params("synthesize"), load_params("oracle")
+    records = read_jsonl(args.kept)
+    if not any(r.get("kind") == "document" for r in records):  # nothing to ask: no model is loaded
+        pairs, metrics = [], {"documents": 0, "pairs": 0, "oracle": {"calls": 0, "cache_hits": 0, "tokens_in": 0,
+                                                                    "tokens_out": 0, "usd": 0.0}}
+        oracle = None
+    else:
+        oracle = open_oracle(oracle_params, args.cache, args.base, args.pin)
+        pairs, metrics = synthesize(records, oracle, params)
+    atomic_write_jsonl(args.out, pairs)
+    atomic_write_jsonl(args.failures, oracle.failures if oracle else [])
+    atomic_write_json(args.metrics, metrics)
+    print(f"synthesize: {metrics['pairs']} pairs from {metrics['documents']} documents; oracle calls "
+          f"{metrics['oracle']['calls']}, cache hits {metrics['oracle']['cache_hits']}, ${metrics['oracle']['usd']:.4f}")
+
+
+if __name__ == "__main__":
+    run(main)
