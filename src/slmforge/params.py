@@ -91,7 +91,6 @@ class OracleParams:
     revision: str | None  # hub revision of a local model
     api_key_env: str  # the environment variable holding the key (claude); never the key itself
     base_url: str | None  # null: the SDK's default (ANTHROPIC_BASE_URL, else Anthropic's API)
-    temperature: float
     max_tokens: int  # cap on each answer's tokens
     max_field_tokens: int  # local: tokens generated for one string field of an answer
     concurrency: int  # calls in flight at once

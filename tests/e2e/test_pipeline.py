@@ -1,8 +1,10 @@
 """The whole DAG as a user runs it, in a fresh copy of the repo, on the tiny train and eval profiles.
 
 One module-scoped project; the tests run in file order and build on each other like a user session:
-repro, no-op repro, the adapter in a fresh process, a param change that re-runs exactly train and
-evaluate (killed mid-train and resumed), push and pull into a fresh clone, and an experiment queue.
+repro (collect to evaluate, with the local oracle calibrating, labelling and synthesizing), no-op repro, a
+forced re-run of the oracle stages that makes zero calls, the adapter in a fresh process, a param change that
+re-runs exactly train and evaluate (killed mid-train and resumed), push and pull into a fresh clone whose
+empty answer store is refilled from DVC's cache, and an experiment queue.
 """
 
 from __future__ import annotations
@@ -25,9 +27,11 @@ ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 
-def sh(cmd: str, cwd: Path, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
+def sh(cmd: str, cwd: Path, check: bool = True, timeout: int = 900, store: Path | None = None) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DVC_")}
-    env.update(PATH=f"{BIN}:{env['PATH']}", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    # The oracle's answer store lives beside the repo (never in the user's ~/.cache during tests).
+    env.update(PATH=f"{BIN}:{env['PATH']}", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1",
+               SLMFORGE_CACHE=str(store or cwd.parent / "store"))
     proc = subprocess.run(cmd, shell=True, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"`{cmd}` failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
@@ -66,8 +70,13 @@ def repo(tmp_path_factory) -> Path:
 def test_repro_runs_the_whole_dag(repo):
     out = sh("dvc repro", repo).stdout
     stages = ran(out)
-    assert sorted(stages[:4]) == ["base", "check_params", "collect@files", "collect@sample"], stages
-    assert stages[4:] == ["clean", "chatml", "split", "train", "evaluate"], stages
+    order = ["check_params", "collect@files", "collect@sample", "base", "clean", "synthesize", "chatml", "calibrate",
+             "label", "split", "train", "evaluate"]
+    assert sorted(stages) == sorted(order), stages
+    for before, after in [("clean", "synthesize"), ("base", "synthesize"), ("synthesize", "chatml"),
+                          ("chatml", "calibrate"), ("calibrate", "label"), ("label", "split"), ("split", "train"),
+                          ("train", "evaluate")]:
+        assert stages.index(before) < stages.index(after), (before, after, stages)
     clean = json.loads((repo / "metrics/clean.json").read_text())
     assert clean["records_in"] == clean["kept"] + clean["rejected"] and clean["accounting_ok"]
     # the sample corpus carries each kind of noise clean removes; files (a curated FAQ) loses nothing
@@ -76,8 +85,25 @@ def test_repro_runs_the_whole_dag(repo):
     rejected = [json.loads(line) for line in (repo / "data/clean/rejected.jsonl").read_text().splitlines()]
     assert len(rejected) == clean["rejected"] and all(r["reasons"] for r in rejected)
     chatml = json.loads((repo / "metrics/chatml.json").read_text())
-    assert chatml["rows_out"] == sum(v for k, v in clean["kept_by_origin"].items() if k != "arxiv")
+    synth = json.loads((repo / "metrics/synthesize.json").read_text())
+    assert synth["documents"] > 0 and synth["pairs"] > 0 and synth["oracle"]["calls"] == synth["documents"]
+    pairs = [json.loads(line) for line in (repo / "data/synth/pairs.jsonl").read_text().splitlines()]
+    assert all(p["meta"]["citation"]["arxiv_id"] and p["meta"]["citation"]["title"] for p in pairs)
+    assert chatml["rows_out"] == sum(v for k, v in clean["kept_by_origin"].items() if k != "arxiv") + len(pairs)
     assert sum(chatml["tokens"]["histogram"].values()) == chatml["rows_out"]
+    calibration = json.loads((repo / "metrics/calibration.json").read_text())
+    assert calibration["verdict"] in ("PASS", "REVIEW", "FAIL") and calibration["gate"] == "warn"
+    assert calibration["validation"]["verdict"] in ("PASS", "REVIEW", "FAIL")
+    assert (repo / "reports/calibration.md").read_text().startswith("# Oracle calibration")
+    label = json.loads((repo / "metrics/label.json").read_text())
+    assert label["labelled"] == chatml["rows_out"] and label["accounting_ok"]
+    # calibration's rows were labelled there first: label pays only for the rest
+    assert label["oracle"]["cache_hits"] > 0
+    assert label["oracle"]["calls"] + label["oracle"]["cache_hits"] == chatml["rows_out"]
+    for key in ("calls", "cache_hits", "tokens_in", "tokens_out", "usd"):
+        assert key in label["oracle"] and key in calibration["oracle"] and key in synth["oracle"]
+    split = json.loads((repo / "metrics/split.json").read_text())
+    assert split["leakage"]["gate"] == "semantic" and len(split["test_fingerprint"]) == 64
     metrics = json.loads((repo / "metrics/eval.json").read_text())
     for side in ("base", "tuned", "delta"):
         for key in ("perplexity", "token_accuracy", "rouge_l", "probe_accuracy", "hallucination_rate"):
@@ -97,6 +123,17 @@ def test_repro_runs_the_whole_dag(repo):
 def test_second_repro_executes_nothing(repo):
     out = sh("dvc repro", repo).stdout
     assert ran(out) == [], out
+
+
+def test_forced_rerun_of_the_oracle_stages_makes_zero_calls(repo):
+    sh("dvc repro -f -s synthesize && dvc repro -f -s calibrate && dvc repro -f -s label", repo)
+    for stage in ("synthesize", "calibration", "label"):
+        oracle = json.loads((repo / f"metrics/{stage}.json").read_text())["oracle"]
+        assert oracle["calls"] == 0 and oracle["cache_hits"] > 0, (stage, oracle)
+    # the answers are the same, so nothing downstream of label changed
+    status = sh("dvc status split", repo).stdout
+    assert "up to date" in status.lower(), status
+    sh("git add -A && git commit -qm forced", repo)
 
 
 def test_collector_code_change_does_not_recollect(repo):
@@ -148,7 +185,7 @@ def test_param_change_runs_exactly_train_and_evaluate_and_a_killed_train_resumes
     sh("python -m slmforge.cli compose", repo)
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("DVC_")}
-    env.update(PATH=f"{BIN}:{env['PATH']}", HF_HUB_OFFLINE="1")
+    env.update(PATH=f"{BIN}:{env['PATH']}", HF_HUB_OFFLINE="1", SLMFORGE_CACHE=str(repo.parent / "store"))
     first = subprocess.Popen("dvc repro", shell=True, cwd=repo, env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True, start_new_session=True)
     deadline = time.time() + 600
@@ -183,6 +220,11 @@ def test_push_then_pull_into_a_fresh_clone_restores_every_output(repo):
         assert (clone / rel).read_bytes() == (repo / rel).read_bytes(), rel
     status = sh("dvc status", clone).stdout
     assert "up to date" in status.lower(), status
+    # A teammate with an empty answer store re-runs label: the answers come back from DVC's cache, not the oracle.
+    sh("dvc repro -f -s label", clone, store=clone.parent / "teammate_store")
+    oracle = json.loads((clone / "metrics/label.json").read_text())["oracle"]
+    assert oracle["calls"] == 0 and oracle["cache_hits"] > 0, oracle
+    assert (clone / "data/labels/labels.jsonl").read_bytes() == (repo / "data/labels/labels.jsonl").read_bytes()
 
 
 def test_queued_sweep_runs_only_train_and_evaluate(repo):

@@ -57,7 +57,9 @@ class AnswerCache:
                     entry = json.loads(path.read_text(encoding="utf-8"))
                 except (json.JSONDecodeError, UnicodeDecodeError):
                     continue  # a torn file from a killed writer cannot happen (atomic), but never trust it
-                if path is kept and not out.exists():  # the stage output lists every answer it used
+                if not isinstance(entry, dict):
+                    continue
+                if path is kept:  # out was missing or unreadable: the stage output lists every answer it used
                     out.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copyfile(kept, out)
                 return entry

@@ -101,7 +101,8 @@ class Oracle:
 
     def __init__(self, params: OracleParams, cache: AnswerCache, backend):
         self.params, self.cache, self.backend = params, cache, backend
-        self.decoding = {"temperature": params.temperature, "max_field_tokens": params.max_field_tokens}
+        # No temperature: the local backend is greedy (deterministic) and the Messages API of this SDK takes none.
+        self.decoding = {"max_field_tokens": params.max_field_tokens}
         self.ledger = Ledger()
         self.failures: list[dict] = []
 

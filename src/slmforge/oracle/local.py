@@ -27,37 +27,41 @@ class LocalBackend:
     name = "local"
 
     def __init__(self, params: OracleParams, base_dir=None, base_json=None):
+        self.params = params
+        if params.model == "base":
+            if not base_dir or not Path(base_dir, "config.json").exists():
+                raise UserError("oracle.model=base needs the base stage's model folder (models/base): run `dvc repro base`")
+            pin = json.loads(Path(base_json).read_text()) if base_json else None
+            self.source, self.kwargs = str(base_dir), {}
+            self._id = f"base@{model_fingerprint(Path(base_dir), pin)}"
+        else:
+            self.source, self.kwargs = params.model, {"revision": params.revision or "main"}
+            self._id = f"{params.model}@{params.revision or 'main'}"
+        self.model = None  # loaded on the first call: a run answered from the cache never loads it
+
+    def _load(self) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from slmforge.modeling import compute_dtype, set_threads
 
         set_threads()
-        self.params = params
-        if params.model == "base":
-            if not base_dir or not Path(base_dir, "config.json").exists():
-                raise UserError("oracle.model=base needs the base stage's model folder (models/base): run `dvc repro base`")
-            path, pin = Path(base_dir), json.loads(Path(base_json).read_text()) if base_json else None
-            source, kwargs = str(path), {}
-        else:
-            path, pin, source, kwargs = Path(params.model), None, params.model, {"revision": params.revision or "main"}
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-            self.model = AutoModelForCausalLM.from_pretrained(source, dtype=compute_dtype("auto"), **kwargs).eval()
+            self.tokenizer = AutoTokenizer.from_pretrained(self.source, **self.kwargs)
+            self.model = AutoModelForCausalLM.from_pretrained(self.source, dtype=compute_dtype("auto"),
+                                                              **self.kwargs).eval()
         except OSError as exc:
-            raise UserError(f"oracle.model: cannot load {source!r} ({str(exc).splitlines()[0]}); offline, only the "
-                            f"embedded `base` or a cached/local model works") from None
+            raise UserError(f"oracle.model: cannot load {self.source!r} ({str(exc).splitlines()[0]}); offline, only "
+                            f"the embedded `base` or a cached/local model works") from None
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model.to(self.device)
-        self._id = f"{params.model if params.model != 'base' else 'base'}@" + (
-            model_fingerprint(path, pin) if params.model == "base" else (params.revision or "main"))
         self._prefix: dict = {}
         self._digits = {}
         for v in range(10):
             ids = self.tokenizer.encode(str(v), add_special_tokens=False)
             if len(ids) != 1:
                 raise UserError(f"oracle.model: the local oracle reads scores from single-digit tokens, and "
-                                f"{source!r} splits {v!r} into {len(ids)} tokens")
+                                f"{self.source!r} splits {v!r} into {len(ids)} tokens")
             self._digits[v] = ids[0]
 
     def model_id(self) -> str:
@@ -89,6 +93,8 @@ class LocalBackend:
     def complete(self, req: Request) -> Answer:
         import torch
 
+        if self.model is None:
+            self._load()
         cache, n_head, rest = self._prompt_ids(req)
         with torch.inference_mode():
             state = _State(self, cache, rest)

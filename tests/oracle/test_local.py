@@ -1,0 +1,143 @@
+"""The local oracle on the real embedded SmolLM2-135M: schema-shaped answers, graded scores read as an
+expectation over the score tokens, determinism, and a model id that follows the base model's pin."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from slmforge.io import UserError
+from slmforge.oracle.cache import AnswerCache
+from slmforge.oracle.client import Oracle
+from slmforge.oracle.local import LocalBackend
+from slmforge.oracle.prompts import rubric_system, score_request, synth_request
+from slmforge.oracle.types import Request
+from slmforge.params import OracleParams, RubricParams, build
+from tests.conftest import chat_row
+
+ROOT = Path(__file__).resolve().parents[2]
+ROWS = [
+    chat_row("ab", "How do I pick the sample size for an A/B test?",
+             "Run a power analysis: fix alpha at 0.05 and power at 0.8, choose the minimum detectable effect, and "
+             "solve for the number of users per arm from the baseline conversion rate."),
+    chat_row("pizza", "What is the best pizza topping?", "Pineapple, obviously."),
+]
+DOC = {"id": "arxiv:2101.00001", "kind": "document", "meta": {"title": "Always-valid p-values for A/B tests"},
+       "text": "Peeking at a fixed-horizon A/B test inflates the false positive rate. Mixture sequential "
+               "probability ratio tests give p-values that stay valid however often the experimenter looks."}
+
+
+def oracle_params(**overrides) -> OracleParams:
+    data = yaml.safe_load((ROOT / "conf/oracle/local.yaml").read_text(encoding="utf-8"))
+    return build(OracleParams, {**data, **overrides}, "oracle")
+
+
+@pytest.fixture(scope="module")
+def rubric() -> RubricParams:
+    return build(RubricParams, yaml.safe_load((ROOT / "conf/rubric/default.yaml").read_text()), "rubric")
+
+
+@pytest.fixture(scope="module")
+def backend(base_model) -> LocalBackend:
+    import torch
+
+    folder, pin = base_model
+    made = LocalBackend(oracle_params(max_field_tokens=16), folder, pin)  # sets torch to every core ...
+    threads = torch.get_num_threads()
+    # ... which, with another process busy on this 2-core machine, made a 2-pair synth request take 50-170 s
+    # instead of 4 s on one thread (OpenMP workers spin-waiting on each other). The answers do not depend on it.
+    torch.set_num_threads(1)
+    yield made
+    torch.set_num_threads(threads)
+
+
+def test_scores_are_graded_numbers_within_the_rubric_range(backend, rubric):
+    system = rubric_system(rubric)
+    for row in ROWS:
+        req = score_request(row, rubric, system)
+        answer = backend.complete(req)
+        scores = answer.parsed
+        assert set(scores) == set(rubric.dimensions)
+        assert all(isinstance(v, float) and rubric.min_score <= v <= rubric.max_score for v in scores.values())
+        assert not all(v == int(v) for v in scores.values())  # an expectation, not one token's argmax
+        jsonschema.validate(scores, req.schema)
+        assert json.loads(answer.text) == scores  # the text is the same answer, as valid JSON
+        assert answer.tokens_in > 100 and answer.tokens_out > 0
+
+
+def test_the_answer_is_deterministic_and_the_shared_prefix_is_not_disturbed(backend, rubric):
+    system = rubric_system(rubric)
+    first = backend.complete(score_request(ROWS[0], rubric, system)).parsed
+    backend.complete(score_request(ROWS[1], rubric, system))  # another record through the cached rubric prefix
+    assert backend.complete(score_request(ROWS[0], rubric, system)).parsed == first
+
+
+@pytest.mark.parametrize("digit", [2, 7])
+def test_a_score_is_the_expectation_over_the_score_tokens(backend, digit):
+    """Told to copy a score, the model puts nearly all its mass on that digit: the expectation lands near it
+    (SmolLM2-135M gives 2.12 and 6.95; a bare "Reply with the digit 7" only gets it to about 4.4)."""
+    schema = {"type": "object", "properties": {"score": {"type": "number", "minimum": 0, "maximum": 10}},
+              "required": ["score"]}
+    req = Request(id="digit", system=f"Reply with the digit {digit}.",
+                  prompt=f'Copy this JSON exactly: {{"score": {digit}}}', schema=schema, max_tokens=10)
+    value = backend.complete(req).parsed["score"]
+    assert abs(value - digit) < 0.5
+
+
+def test_an_integer_schema_gets_a_rounded_integer(backend):
+    schema = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 1, "maximum": 5}},
+              "required": ["n"]}
+    req = Request(id="int", system="Reply with JSON.", prompt='Copy this JSON exactly: {"n": 4}', schema=schema,
+                  max_tokens=10)
+    answer = backend.complete(req).parsed
+    assert isinstance(answer["n"], int) and 1 <= answer["n"] <= 5
+    jsonschema.validate(answer, schema)
+
+
+def test_a_synth_request_gets_n_pairs_of_non_empty_strings(backend):
+    req = synth_request(DOC, 2, 1500, 256)
+    answer = backend.complete(req)
+    pairs = answer.parsed["pairs"]
+    assert len(pairs) == 2
+    assert all(isinstance(p[k], str) and p[k].strip() == p[k] and p[k] for p in pairs for k in ("question", "answer"))
+    jsonschema.validate(answer.parsed, req.schema)
+    assert json.loads(answer.text) == answer.parsed
+
+
+def test_through_the_oracle_answers_are_free_valid_and_cached(backend, rubric, tmp_path):
+    system = rubric_system(rubric)
+    reqs = [score_request(r, rubric, system) for r in ROWS]
+    oracle = Oracle(backend.params, AnswerCache(tmp_path / "out", store=tmp_path / "store"), backend)
+    answers = oracle.ask(reqs, "label")
+    assert all(a is not None for a in answers) and oracle.failures == []
+    assert oracle.ledger.calls == 2 and oracle.ledger.usd == 0 and oracle.ledger.tokens_in > 0
+    again = Oracle(backend.params, AnswerCache(tmp_path / "out2", store=tmp_path / "store"), backend)
+    assert again.ask(reqs, "label") == answers and again.ledger.calls == 0
+
+
+def test_model_id_follows_the_pin(backend, base_model, tmp_path):
+    folder, pin = base_model
+    assert backend.model_id().startswith("base@")
+    same = LocalBackend(oracle_params(), folder, pin)
+    assert same.model_id() == backend.model_id()
+    changed = json.loads(Path(pin).read_text())
+    changed["gguf_sha256"] = "0" * 64
+    (tmp_path / "base.json").write_text(json.dumps(changed))
+    other = LocalBackend(oracle_params(), folder, tmp_path / "base.json")
+    assert other.model_id() != backend.model_id()
+
+
+def test_a_rubric_beyond_ten_is_a_user_error(backend, rubric):
+    wide = replace(rubric, max_score=20)
+    with pytest.raises(UserError, match="min_score/max_score"):
+        backend.complete(score_request(ROWS[0], wide, rubric_system(wide)))
+
+
+def test_base_without_the_base_model_folder_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="dvc repro base"):
+        LocalBackend(oracle_params(), tmp_path / "missing", None)
