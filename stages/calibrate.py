@@ -6,7 +6,8 @@ Run: dvc repro calibrate   (python -m stages.calibrate --chatml data/chatml/all.
 
 import argparse
 
-from slmforge.calibration import calibrate, report_markdown
+from slmforge.calibration import calibrate
+from slmforge.calibration_report import report_markdown
 from slmforge.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl
 from slmforge.oracle.client import open_oracle
 from slmforge.params import check_params_fresh, load_params

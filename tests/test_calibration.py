@@ -10,7 +10,8 @@ from scipy import stats
 from sklearn.metrics import cohen_kappa_score
 
 from slmforge.calibration import (agreement, assign_stratum, draw_sample, gold_overall, keyword_hits, load_gold,
-                                  measure, overfit, quadratic_kappa, report_markdown, verdict)
+                                  measure, overfit, quadratic_kappa, verdict)
+from slmforge.calibration_report import report_markdown
 from slmforge.io import UserError
 from slmforge.params import CalibrationParams, RubricParams, build
 from tests.conftest import ROOT, chat_row

@@ -1,7 +1,7 @@
 """Calibrating the oracle's prompt before batch labelling: stratified sample, error rates, verdict, gold agreement.
 
-Pure functions; the calibrate stage draws the sample, has the oracle label it (and a subset twice), then calls
-measure -> verdict -> report_markdown. Strata: on_topic (an oracle scoring it low is a false negative),
+`calibrate` draws the sample, has the oracle label it (and a subset twice), then measures it and gives the
+verdict, again on a fresh sample; the rest are pure functions. Strata: on_topic (an oracle scoring it low is a false negative),
 off_topic (scoring it high is a false positive) and edge (reported, never counted as an error).
 """
 
@@ -210,13 +210,10 @@ def overfit(main: dict, validation: dict, t: CalibrationThresholds) -> bool:
 # --- agreement with human gold scores ---------------------------------------------------------------
 
 def gold_overall(scores: dict[str, float], rubric: RubricParams) -> float:
-    """A gold row's overall score by the rubric: the weighted sum, then each gatekeeper's cap. The oracle's own
-    overall is taken from its labels as the labelling code computed it; this is the same rule for human scores."""
-    total = sum(dim.weight * float(scores[name]) for name, dim in rubric.dimensions.items())
-    for gk in rubric.gatekeepers:
-        if float(scores[gk.dimension]) < gk.below:
-            total = min(total, gk.cap)
-    return float(total)
+    """A gold row's overall score by the same rule the labels use (weighted sum, then gatekeeper caps)."""
+    from slmforge.labeling import overall_score
+
+    return float(overall_score({name: float(scores[name]) for name in rubric.dimensions}, rubric))
 
 
 def quadratic_kappa(a: np.ndarray, b: np.ndarray, lo: int, hi: int) -> float | None:
@@ -311,99 +308,6 @@ def load_gold(path: str | Path, rubric: RubricParams) -> dict[str, dict]:
     return gold
 
 
-# --- report -----------------------------------------------------------------------------------------
-
-def _fmt(v, digits: int = 3) -> str:
-    if v is None:
-        return "n/a"
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    if isinstance(v, float):
-        return f"{v:.{digits}f}"
-    return str(v)
-
-
-def _cell(text: str) -> str:  # a table cell or a quote may not break the markdown
-    return " ".join(str(text).split()).replace("|", "\\|")
-
-
-MEASURE_ROWS = [  # (label, key, digits)
-    ("false positive rate (off-topic scored high)", "false_positive_rate", 3),
-    ("severe false positive rate", "severe_false_positive_rate", 3),
-    ("false negative rate (on-topic scored low)", "false_negative_rate", 3),
-    ("dimension variance (mean per record)", "dimension_variance", 2),
-    ("score bins used", "score_bins_used", 0),
-    ("parse failure rate", "parse_failure_rate", 3),
-    ("self-consistency MAD of overall", "self_consistency_mad", 2),
-    ("rows labelled / drawn", None, 0),
-]
-
-
-def report_markdown(result: dict) -> str:
-    """reports/calibration.md from {"verdict", "reasons", "gate", "backend", "model", "sample": measure(...),
-    "validation": {**measure(...), "verdict", "reasons", "overfit"} | None, "agreement": agreement(...) | None}."""
-    main, val = result["sample"], result.get("validation")
-    sides = [("main sample", main)] + ([("validation", val)] if val else [])
-    out = ["# Oracle calibration", "", f"**Verdict: {result['verdict']}**", ""]
-    out += [f"- {_cell(r)}" for r in result["reasons"]] or ["- (no reasons given)"]
-    out += ["", f"Gate: {result.get('gate')}; oracle: {result.get('backend')} / {result.get('model')}."]
-    if val:
-        out += [f"Validation sample: {val.get('verdict')}; overfit: {_fmt(val.get('overfit'))}."]
-        out += [f"- validation: {_cell(r)}" for r in val.get("reasons") or []]
-
-    out += ["", "## Measures", "", "| measure | " + " | ".join(n for n, _ in sides) + " |",
-            "|---|" + "---|" * len(sides)]
-    for label, key, digits in MEASURE_ROWS:
-        cells = [f"{m['n_labelled']} / {m['n_sample']}" if key is None else _fmt(m[key], digits) for _, m in sides]
-        if key == "score_bins_used":
-            cells = [f"{c} ({', '.join(map(str, m['score_bins']))})" for c, (_, m) in zip(cells, sides)]
-        out.append(f"| {label} | " + " | ".join(cells) + " |")
-
-    out += ["", "## Strata", "", "| sample | stratum | asked | got | labelled | mean overall |",
-            "|---|---|---|---|---|---|"]
-    for name, m in sides:
-        for s, c in m["n"].items():
-            out.append(f"| {name} | {s} | {c['asked']} | {c['got']} | {c['labelled']} | "
-                       f"{_fmt(m['mean_overall_by_stratum'].get(s), 2)} |")
-
-    out += ["", "## Self-consistency", "", "| dimension | " + " | ".join(f"MAD ({n})" for n, _ in sides) + " |",
-            "|---|" + "---|" * len(sides)]
-    out.append("| overall | " + " | ".join(_fmt(m["self_consistency_mad"], 2) for _, m in sides) + " |")
-    for d in main["self_consistency_mad_by_dimension"]:
-        out.append(f"| {d} | " + " | ".join(_fmt(m["self_consistency_mad_by_dimension"].get(d), 2)
-                                             for _, m in sides) + " |")
-    out.append("")
-    out.append("Rows labelled twice: " + ", ".join(f"{m['self_consistency_n']} ({n})" for n, m in sides) + ".")
-
-    agr = result.get("agreement")
-    out += ["", "## Agreement with gold", ""]
-    if not agr:
-        out.append("No gold file (calibration.gold is null).")
-    else:
-        out += [f"{agr['n']} records in both; 95% bootstrap percentile intervals over {agr['n_boot']} resamples.", "",
-                "| scores | Spearman | QWK | MAE |", "|---|---|---|---|"]
-
-        def stat(s: dict) -> str:
-            ci = f" [{s['ci95'][0]:.2f}, {s['ci95'][1]:.2f}]" if s["ci95"] else ""
-            return _fmt(s["value"], 2) + ci
-
-        for name, row in [*agr["dimensions"].items(), ("overall", agr["overall"])]:
-            out.append(f"| {name} | {stat(row['spearman'])} | {stat(row['qwk'])} | {stat(row['mae'])} |")
-
-    out += ["", "## Worst disagreements", "",
-            "Off-topic rows the oracle scored highest and on-topic rows it scored lowest; `error` marks a row past "
-            "its threshold (a false positive or a false negative)."]
-    for name, m in sides:
-        out += ["", f"### {name}"]
-        if not m["worst"]:
-            out += ["", "None labelled."]
-        for w in m["worst"]:
-            scores = ", ".join(f"{d} {_fmt(float(v), 1)}" for d, v in w["scores"].items())
-            out += ["", f"- `{_cell(w['id'])}` ({w['stratum']}{', error' if w['error'] else ''}): overall "
-                        f"{w['overall']:.2f}; {scores}", f"  > {_cell(w['excerpt'])}"]
-    return "\n".join(out) + "\n"
-
-
 # --- the whole calibration ------------------------------------------------------------------------
 
 def effective_gate(gate: str, backend: str) -> str:
@@ -414,7 +318,7 @@ def effective_gate(gate: str, backend: str) -> str:
     return gate
 
 
-def _label_and_measure(rows, sample, oracle, rubric, params, desc) -> tuple[dict, dict, dict]:
+def _label_and_measure(sample, oracle, rubric, params, desc) -> tuple[dict, dict, dict]:
     from slmforge.labeling import label_rows
 
     labels, failed = label_rows(sample, oracle, rubric, [], desc=desc)
@@ -426,12 +330,12 @@ def _label_and_measure(rows, sample, oracle, rubric, params, desc) -> tuple[dict
 def calibrate(rows: list[dict], oracle, rubric: RubricParams, params: CalibrationParams) -> tuple[dict, list[dict]]:
     """(result for metrics/calibration.json and the report, the sample rows with their labels)."""
     sample = draw_sample(rows, params, params.seed)
-    main, labels, _ = _label_and_measure(rows, sample, oracle, rubric, params, "calibrate")
+    main, labels, _ = _label_and_measure(sample, oracle, rubric, params, "calibrate")
     main_verdict, reasons = verdict(main, params.thresholds)
     # A fresh sample drawn with another seed (overlap allowed: a small stratum may have no other rows): a prompt
     # tuned to the first sample shows here as a worse score.
     fresh = draw_sample(rows, params, params.validation_seed)
-    val, _, _ = _label_and_measure(rows, fresh, oracle, rubric, params, "calibrate (validation)")
+    val, _, _ = _label_and_measure(fresh, oracle, rubric, params, "calibrate (validation)")
     val_verdict, val_reasons = verdict(val, params.thresholds)
     agreement_result = None
     if params.gold:

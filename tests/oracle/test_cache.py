@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -16,7 +17,7 @@ from slmforge.oracle.cache import AnswerCache, request_key, seed_from_dvc
 from slmforge.oracle.types import Request
 
 VENV_BIN = Path(sys.executable).parent
-BASE = dict(backend="claude", model="claude-sonnet-4-5", decoding={"temperature": 0.0, "max_field_tokens": 40},
+BASE = dict(backend="claude", model="claude-sonnet-4-5", decoding={"max_field_tokens": 40},
             req=Request(id="rec1", system="You score records.", prompt="<record>\nhello\n</record>",
                         schema={"type": "object"}, max_tokens=64))
 
@@ -30,8 +31,8 @@ def key_of(**changes) -> str:
 @pytest.mark.parametrize("change", [
     {"backend": "local"},
     {"model": "claude-haiku-4-5"},
-    {"decoding": {"temperature": 0.7, "max_field_tokens": 40}},
-    {"decoding": {"temperature": 0.0, "max_field_tokens": 41}},
+    {"decoding": {"max_field_tokens": 41}},
+    {"decoding": {"max_field_tokens": 40, "top_k": 1}},
     {"system": "You score records strictly."},
     {"prompt": "<record>\nhello!\n</record>"},
     {"schema": {"type": "object", "required": ["score"]}},
@@ -127,9 +128,10 @@ def _run(cmd: list[str], cwd: Path, env: dict) -> None:
     assert done.returncode == 0, f"{cmd}: {done.stdout}\n{done.stderr}"
 
 
-def test_seed_from_dvc_restores_the_locked_answers_into_the_store(tmp_path):
+def test_seed_from_dvc_restores_the_locked_answers_into_the_store(tmp_path, monkeypatch):
     repo, store = tmp_path / "repo", tmp_path / "store"
     repo.mkdir()
+    monkeypatch.setenv("DVC_SITE_CACHE_DIR", str(tmp_path / "dvc-site"))  # DVC's own scratch stays in tmp too
     env = {**os.environ, "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
            "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com",
            "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
@@ -142,8 +144,6 @@ def test_seed_from_dvc_restores_the_locked_answers_into_the_store(tmp_path):
     assert len(list(store.rglob("*.json"))) == 3
 
     # A fresh machine: the stage output gone (DVC deletes it before a run), the store empty.
-    import shutil
-
     shutil.rmtree(repo / "data" / "oracle_cache" / "label")
     shutil.rmtree(store)
     lock = repo / "dvc.lock"

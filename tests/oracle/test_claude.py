@@ -18,8 +18,7 @@ from slmforge.params import OracleParams, build
 from tests.oracle.messages_server import MessagesServer, running_messages_server
 
 ROOT = Path(__file__).resolve().parents[2]
-# The conf default model is on the SDK's deprecation list; the warning says nothing about this backend.
-pytestmark = pytest.mark.filterwarnings("ignore:The model .* is deprecated:DeprecationWarning")
+MODEL = yaml.safe_load((ROOT / "conf/oracle/claude.yaml").read_text(encoding="utf-8"))["model"]
 RUBRIC = "You grade answers. Reply with JSON only: {\"score\": <1-5>}.\n" * 5
 
 
@@ -51,7 +50,7 @@ def request(n: int = 0, **kw) -> Request:
 def test_normal_call_maps_text_usage_and_sends_the_cached_system_block(server, key):
     server.responder = lambda body: '{"score": 4}'
     backend = ClaudeBackend(params(server))
-    assert backend.name == "claude" and backend.model_id() == "claude-sonnet-4-5"
+    assert backend.name == "claude" and backend.model_id() == MODEL
     first, second = backend.complete(request(1)), backend.complete(request(2))
     assert first.text == '{"score": 4}' and not first.batch
     assert first.tokens_in > 0 and first.tokens_out > 0
@@ -62,7 +61,7 @@ def test_normal_call_maps_text_usage_and_sends_the_cached_system_block(server, k
     sent = server.calls("POST", "/v1/messages")
     assert len(sent) == 2
     body = sent[0]["body"]
-    assert body["model"] == "claude-sonnet-4-5" and body["max_tokens"] == 64
+    assert body["model"] == MODEL and body["max_tokens"] == 64
     assert body["system"] == [{"type": "text", "text": RUBRIC, "cache_control": {"type": "ephemeral"}}]
     assert body["messages"] == [{"role": "user", "content": request(1).prompt}]
     assert "temperature" not in body  # API version 2026-10-21 refuses sampling parameters

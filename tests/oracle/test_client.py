@@ -146,21 +146,19 @@ def test_duplicate_requests_are_called_once(server, key, store, tmp_path):
 
 # --- cost -----------------------------------------------------------------------------------------------------
 
-def _usd(tokens_in, tokens_out, cache_write, cache_read, batch=False) -> float:
-    """The price of those tokens, from conf/oracle/claude.yaml's own numbers."""
+def _usd(tokens_in, tokens_out, cache_write, cache_read) -> float:
+    """The price of those tokens, undiscounted, from conf/oracle/claude.yaml's own numbers."""
     pin = CONF["price_in_per_mtok"]
-    usd = (tokens_in * pin + tokens_out * CONF["price_out_per_mtok"] + cache_write * pin * CONF["cache_write_multiplier"]
-           + cache_read * pin * CONF["cache_read_multiplier"]) / 1e6
-    return usd * (CONF["batch_discount"] if batch else 1)
+    return (tokens_in * pin + tokens_out * CONF["price_out_per_mtok"]
+            + cache_write * pin * CONF["cache_write_multiplier"] + cache_read * pin * CONF["cache_read_multiplier"]) / 1e6
 
 
 def test_the_ledger_prices_each_kind_of_token(store, tmp_path):
     backend = CountingBackend(tokens=(1000, 200, 3000, 40_000))
     oracle = Oracle(params(), AnswerCache(tmp_path / "out", store=store), backend)
     oracle.ask([request(n) for n in range(3)], "label")
-    # 3 x (1000 in x $3 + 200 out x $15 + 3000 written x $3 x 1.25 + 40000 read x $3 x 0.1) / 1e6
+    # 3 x (1000 in x price_in + 200 out x price_out + 3000 written x price_in x 1.25 + 40000 read x price_in x 0.1)
     assert oracle.ledger.usd == pytest.approx(3 * _usd(1000, 200, 3000, 40_000))
-    assert oracle.ledger.usd == pytest.approx(3 * (3000 + 3000 + 11_250 + 12_000) / 1e6)  # conf's list prices
     m = oracle.metrics()["oracle"]
     assert (m["calls"], m["tokens_in"], m["tokens_out"], m["cache_write_tokens"], m["cache_read_tokens"]) == \
         (3, 3000, 600, 9000, 120_000)

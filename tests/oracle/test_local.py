@@ -47,7 +47,9 @@ def backend(base_model) -> LocalBackend:
     import torch
 
     folder, pin = base_model
-    made = LocalBackend(oracle_params(max_field_tokens=16), folder, pin)  # sets torch to every core ...
+    made = LocalBackend(oracle_params(max_field_tokens=16), folder, pin)
+    made.complete(Request(id="warm-up", system="s", prompt="p", schema={"type": "object", "properties": {}},
+                          max_tokens=1))  # loads the model, which sets torch to every core ...
     threads = torch.get_num_threads()
     # ... which, with another process busy on this 2-core machine, made a 2-pair synth request take 50-170 s
     # instead of 4 s on one thread (OpenMP workers spin-waiting on each other). The answers do not depend on it.
@@ -56,18 +58,23 @@ def backend(base_model) -> LocalBackend:
     torch.set_num_threads(threads)
 
 
-def test_scores_are_graded_numbers_within_the_rubric_range(backend, rubric):
+def test_scores_are_graded_numbers_within_the_rubric_range(backend, rubric, tmp_path):
+    """Through the oracle client, as the label stage asks: every answer valid, free, and cached."""
     system = rubric_system(rubric)
-    for row in ROWS:
-        req = score_request(row, rubric, system)
-        answer = backend.complete(req)
-        scores = answer.parsed
-        assert set(scores) == set(rubric.dimensions)
+    reqs = [score_request(r, rubric, system) for r in ROWS]
+    cache = AnswerCache(tmp_path / "out", store=tmp_path / "store")
+    oracle = Oracle(backend.params, cache, backend)
+    answers = oracle.ask(reqs, "label")
+    assert oracle.failures == [] and oracle.ledger.calls == 2
+    assert oracle.ledger.usd == 0 and oracle.ledger.tokens_in > 200 and oracle.ledger.tokens_out > 0
+    for req, scores in zip(reqs, answers):
+        assert list(scores) == list(rubric.dimensions)
         assert all(isinstance(v, float) and rubric.min_score <= v <= rubric.max_score for v in scores.values())
         assert not all(v == int(v) for v in scores.values())  # an expectation, not one token's argmax
         jsonschema.validate(scores, req.schema)
-        assert json.loads(answer.text) == scores  # the text is the same answer, as valid JSON
-        assert answer.tokens_in > 100 and answer.tokens_out > 0
+        assert json.loads(cache.get(oracle.key(req))["raw"]) == scores  # the raw text is the same valid JSON
+    again = Oracle(backend.params, AnswerCache(tmp_path / "out2", store=tmp_path / "store"), backend)
+    assert again.ask(reqs, "label") == answers and again.ledger.calls == 0
 
 
 def test_the_answer_is_deterministic_and_the_shared_prefix_is_not_disturbed(backend, rubric):
@@ -109,15 +116,14 @@ def test_a_synth_request_gets_n_pairs_of_non_empty_strings(backend):
     assert json.loads(answer.text) == answer.parsed
 
 
-def test_through_the_oracle_answers_are_free_valid_and_cached(backend, rubric, tmp_path):
-    system = rubric_system(rubric)
-    reqs = [score_request(r, rubric, system) for r in ROWS]
-    oracle = Oracle(backend.params, AnswerCache(tmp_path / "out", store=tmp_path / "store"), backend)
-    answers = oracle.ask(reqs, "label")
-    assert all(a is not None for a in answers) and oracle.failures == []
-    assert oracle.ledger.calls == 2 and oracle.ledger.usd == 0 and oracle.ledger.tokens_in > 0
-    again = Oracle(backend.params, AnswerCache(tmp_path / "out2", store=tmp_path / "store"), backend)
-    assert again.ask(reqs, "label") == answers and again.ledger.calls == 0
+def test_a_run_answered_from_the_cache_never_loads_the_model(backend, base_model, rubric, tmp_path):
+    folder, pin = base_model
+    req = score_request(ROWS[1], rubric, rubric_system(rubric))
+    Oracle(backend.params, AnswerCache(tmp_path / "out", store=tmp_path / "store"), backend).ask([req], "label")
+    fresh = LocalBackend(oracle_params(max_field_tokens=16), folder, pin)
+    oracle = Oracle(fresh.params, AnswerCache(tmp_path / "out2", store=tmp_path / "store"), fresh)
+    assert oracle.ask([req], "label")[0] is not None and oracle.ledger.calls == 0
+    assert fresh.model is None  # `dvc repro -f label` on a warm cache costs no model load
 
 
 def test_model_id_follows_the_pin(backend, base_model, tmp_path):
@@ -135,7 +141,7 @@ def test_model_id_follows_the_pin(backend, base_model, tmp_path):
 def test_a_rubric_beyond_ten_is_a_user_error(backend, rubric):
     wide = replace(rubric, max_score=20)
     with pytest.raises(UserError, match="min_score/max_score"):
-        backend.complete(score_request(ROWS[0], wide, rubric_system(wide)))
+        backend.complete(score_request(ROWS[0], wide, rubric_system(rubric)))  # the cached prefix: fast
 
 
 def test_base_without_the_base_model_folder_is_a_user_error(tmp_path):

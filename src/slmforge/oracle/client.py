@@ -117,7 +117,7 @@ class Oracle:
         misses: dict[str, Request] = {}
         for key, req in zip(keys, requests):
             entry = self.cache.get(key)
-            if entry is not None:
+            if entry is not None and isinstance(entry.get("answer"), dict):
                 answers[key] = entry["answer"]
                 self.ledger.cache_hits += 1
             else:
@@ -161,10 +161,12 @@ class Oracle:
     def _ask_each(self, misses: dict[str, Request], answers: dict, desc: str) -> None:
         bar = tqdm(total=len(misses), desc=desc, unit="call", file=sys.stderr)
         if self.params.concurrency <= 1:
-            for key, req in misses.items():
-                self._record(key, req, _call(self.backend, req), answers)
-                bar.update()
-            bar.close()
+            try:
+                for key, req in misses.items():
+                    self._record(key, req, _call(self.backend, req), answers)
+                    bar.update()
+            finally:
+                bar.close()
             return
         # Bounded: at most `concurrency` calls in flight, submitted as others finish, so a killed run loses
         # only those (every finished answer is already in the cache).
