@@ -11,14 +11,13 @@ from __future__ import annotations
 import json
 import re
 import secrets
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.e2e.test_pipeline import ROOT, ran, sh
+from tests.e2e.test_pipeline import ROOT, copy_project, ran, sh
 from tests.oracle.messages_server import _text_of, running_messages_server
 
 pytestmark = pytest.mark.slow
@@ -46,21 +45,8 @@ def keyword_judge(body: dict) -> str:
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
-    top = tmp_path_factory.mktemp("e2e_claude")
-    repo = top / "repo"
-    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
-    for rel in files:
-        if rel == "dvc.lock" or rel.startswith(("metrics/", "reports/")):
-            continue
-        if (ROOT / rel).exists():
-            (repo / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / rel, repo / rel)
-    config = repo / "conf" / "config.yaml"
-    config.write_text(config.read_text().replace("train: cpu", "train: tiny").replace("eval: default", "eval: tiny")
-                      .replace("oracle: local", "oracle: claude"))
-    sh("git init -q && git config user.email t@t && git config user.name t", repo)
-    sh("python -m slmforge.cli compose && git add -A && git commit -qm init", repo)
-    return repo
+    edits = {"train: cpu": "train: tiny", "eval: default": "eval: tiny", "oracle: local": "oracle: claude"}
+    return copy_project(tmp_path_factory.mktemp("e2e_claude"), edits)
 
 
 def test_claude_without_a_key_stops_in_one_line(repo, monkeypatch):

@@ -48,23 +48,32 @@ def set_conf(repo: Path, rel: str, key: str, value: str) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> Path:
-    top = tmp_path_factory.mktemp("e2e")
+def copy_project(top: Path, config_edits: dict[str, str]) -> Path:
+    """The repo's tracked files (no lock, metrics or reports: as a fresh clone before its first run) in
+    top/repo, conf/config.yaml edited by plain replacements, committed with params.yaml composed."""
     repo = top / "repo"
     files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
     for rel in files:
         if rel == "dvc.lock" or rel.startswith(("metrics/", "reports/")):
-            continue  # start as a fresh clone would before its first run
+            continue
         if (ROOT / rel).exists():
             (repo / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / rel, repo / rel)
     config = repo / "conf" / "config.yaml"
-    config.write_text(config.read_text().replace("train: cpu", "train: tiny").replace("eval: default", "eval: tiny")
-                      .replace("sources: [sample]", "sources: [sample, files]"))
+    text = config.read_text()
+    for old, new in config_edits.items():
+        assert old in text, old
+        text = text.replace(old, new)
+    config.write_text(text)
     sh("git init -q && git config user.email t@t && git config user.name t", repo)
     sh("python -m slmforge.cli compose && git add -A && git commit -qm init", repo)
     return repo
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    return copy_project(tmp_path_factory.mktemp("e2e"), {"train: cpu": "train: tiny", "eval: default": "eval: tiny",
+                                                         "sources: [sample]": "sources: [sample, files]"})
 
 
 def test_repro_runs_the_whole_dag(repo):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import secrets
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -20,13 +19,6 @@ from tests.oracle.messages_server import MessagesServer, running_messages_server
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = yaml.safe_load((ROOT / "conf/oracle/claude.yaml").read_text(encoding="utf-8"))["model"]
 RUBRIC = "You grade answers. Reply with JSON only: {\"score\": <1-5>}.\n" * 5
-
-
-@pytest.fixture
-def key(monkeypatch) -> str:
-    value = secrets.token_hex(20)  # made per run: nothing key-like is stored in the repo
-    monkeypatch.setenv("ANTHROPIC_API_KEY", value)
-    return value
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import secrets
 import shutil
 import threading
 import time
@@ -40,13 +39,6 @@ def score_from(body: dict) -> str:
     """The server's answer, built from the request: the record's value mod 11, so a mix-up would show."""
     prompt = body["messages"][0]["content"]
     return json.dumps({"score": int(re.search(r"value=(\d+)", prompt).group(1)) % 11})
-
-
-@pytest.fixture
-def key(monkeypatch) -> str:
-    value = secrets.token_hex(20)  # made per run: nothing key-like is stored in the repo
-    monkeypatch.setenv("ANTHROPIC_API_KEY", value)
-    return value
 
 
 @pytest.fixture
