@@ -4,16 +4,12 @@ citation, schema-validated by the oracle client, de-duplicated, and cached like 
 from __future__ import annotations
 
 import hashlib
-import re
 from collections import Counter
 
 from slmforge.oracle.client import Oracle
 from slmforge.oracle.prompts import synth_request
 from slmforge.params import SynthesizeParams
-
-
-def _norm(text: str) -> str:
-    return re.sub(r"\s+", " ", re.sub(r"[^\w\s]", "", text.lower())).strip()
+from slmforge.split import _norm  # the same question key split groups exact duplicates by
 
 
 def citation(doc: dict) -> dict:

@@ -109,17 +109,15 @@ class _State:
     token's probabilities are needed: fewer, larger forward passes), and the next token's logits."""
 
     def __init__(self, backend: LocalBackend, cache, rest_ids: list[int]):
-        self.b, self.cache, self.n_out = backend, cache, 0
+        self.b, self.cache = backend, cache
         self.pending = ""
         self.logits = self._feed(rest_ids)
-        self.n_out = 0
 
     def _feed(self, ids: list[int]):
         import torch
 
         out = self.b.model(input_ids=torch.tensor([ids], device=self.b.device), past_key_values=self.cache,
                            use_cache=True)
-        self.n_out += len(ids)
         return out.logits[0, -1].float()
 
     def rewind(self, length: int) -> None:
@@ -177,7 +175,6 @@ class _State:
             mark = self.cache.get_seq_length()
             after_one = torch.softmax(self._feed([self.b._digits[1]]), -1)
             self.rewind(mark)
-            self.n_out -= 1
             p_zero = after_one[self.b._digits[0]].item()
             p[10], p[1] = p[1] * p_zero, p[1] * (1 - p_zero)
         mass = {v: p.get(v, 0.0) for v in range(lo, hi + 1)}
@@ -194,7 +191,7 @@ class _State:
 
         self.emit('"')
         self.flush()
-        mark, n_mark = self.cache.get_seq_length(), self.n_out
+        mark = self.cache.get_seq_length()
         ids: list[int] = []
         text = ""
         eos = set(filter(None, [self.b.tokenizer.eos_token_id]))
@@ -219,7 +216,6 @@ class _State:
         value = value.strip()
         # Rewind and write the string as canonical JSON, so what follows is conditioned on well-formed text.
         self.rewind(mark)
-        self.n_out = n_mark
         self.emit(json.dumps(value, ensure_ascii=False)[1:])
         return value
 
