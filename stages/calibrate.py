@@ -5,9 +5,10 @@ Run: dvc repro calibrate   (python -m stages.calibrate --chatml data/chatml/all.
 """
 
 import argparse
+import json
 
-from slmforge.calibration import calibrate
-from slmforge.calibration_report import report_markdown
+from slmforge.calibration import calibrate, load_gold
+from slmforge.calibration_report import plot_rows, report_markdown
 from slmforge.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl
 from slmforge.oracle.client import open_oracle
 from slmforge.params import check_params_fresh, load_params
@@ -24,6 +25,7 @@ def main(argv=None):
     ap.add_argument("--failures", required=True)
     ap.add_argument("--metrics", required=True)
     ap.add_argument("--report", required=True)
+    ap.add_argument("--plot", required=True, help="the calibration scatter's data for `dvc plots`")
     args = ap.parse_args(argv)
     check_params_fresh()
     params, rubric = load_params("calibration"), load_params("rubric")
@@ -33,6 +35,8 @@ def main(argv=None):
     atomic_write_jsonl(args.failures, oracle.failures)
     atomic_write_json(args.metrics, result)
     atomic_write_text(args.report, report_markdown(result))
+    gold = load_gold(params.gold, rubric) if params.gold else None
+    atomic_write_text(args.plot, json.dumps(plot_rows(sample_rows, gold, rubric), indent=1) + "\n")
     o = result["oracle"]
     print(f"calibrate: verdict {result['verdict']} (validation {result['validation']['verdict']}, gate "
           f"{result['gate']}); oracle calls {o['calls']}, cache hits {o['cache_hits']}, ${o['usd']:.4f} -> {args.report}")

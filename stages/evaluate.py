@@ -1,14 +1,17 @@
-"""Stage `evaluate`: tuned against base on the test split and the held-out fact probes.
+"""Stage `evaluate`: tuned against base on the test split and the held-out fact probes: per-item metrics, the
+oracle's pairwise judge, paired statistics and a verdict DEPLOY / REVIEW / FAIL.
 
 Run: dvc repro evaluate   (python -m stages.evaluate --split-dir data/split --adapter models/adapter ...)
 """
 
 import argparse
+import json
 from pathlib import Path
 
-from slmforge.evaluation.compare import compare
+from slmforge.evaluation.compare import compare, json_safe, plot_rows
 from slmforge.evaluation.report import render
 from slmforge.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl
+from slmforge.oracle.client import open_oracle
 from slmforge.params import check_params_fresh, load_params
 from slmforge.runner import run
 
@@ -19,25 +22,37 @@ def main(argv=None):
     ap.add_argument("--base", required=True)
     ap.add_argument("--pin", required=True)
     ap.add_argument("--adapter", required=True)
+    ap.add_argument("--chatml-metrics", required=True, help="metrics/chatml.json (the rows' chat template)")
+    ap.add_argument("--cache", required=True, help="this stage's oracle cache folder (the judge's answers)")
+    ap.add_argument("--failures", required=True, help="judge calls the oracle could not answer")
     ap.add_argument("--metrics", required=True)
     ap.add_argument("--report", required=True)
     ap.add_argument("--items", required=True)
+    ap.add_argument("--plots-dir", required=True, help="data for `dvc plots`: per-source bars, judge outcomes")
     args = ap.parse_args(argv)
     check_params_fresh()
+    params = load_params("eval")
+    oracle = open_oracle(load_params("oracle"), args.cache, args.base, args.pin) if params.judge.enabled else None
     split = Path(args.split_dir)
     result = compare(
         test_rows=read_jsonl(split / "test.jsonl"), probes=read_jsonl(split / "probes.jsonl"),
-        model_params=load_params("model"), params=load_params("eval"),
+        model_params=load_params("model"), params=params,
         max_len=load_params("train").max_seq_len, base_dir=Path(args.base), base_json=Path(args.pin),
-        adapter_dir=Path(args.adapter),
+        adapter_dir=Path(args.adapter), chatml_sha=json.loads(Path(args.chatml_metrics).read_text())["template_sha256"],
+        oracle=oracle, domain=load_params("rubric").domain,
     )
-    atomic_write_jsonl(args.items, result["items"])
-    atomic_write_text(args.report, render(result))
-    atomic_write_json(args.metrics, {k: result[k] for k in ("base", "tuned", "delta", "template_sha256")})
-    d = result["delta"]
-    print(f"evaluate: perplexity {result['base']['perplexity']:.2f} -> {result['tuned']['perplexity']:.2f}, "
-          f"probe accuracy {result['base']['probe_accuracy']:.2%} -> {result['tuned']['probe_accuracy']:.2%} "
-          f"(delta {d['probe_accuracy']:+.2%})")
+    atomic_write_jsonl(args.items, json_safe(result["items"]))
+    atomic_write_jsonl(args.failures, oracle.failures if oracle else [])
+    atomic_write_text(args.report, render(result, params.examples))
+    bars, judge = plot_rows(result)
+    atomic_write_text(Path(args.plots_dir) / "eval_per_source.json", json.dumps(bars, indent=1) + "\n")
+    atomic_write_text(Path(args.plots_dir) / "eval_judge.json", json.dumps(judge, indent=1) + "\n")
+    atomic_write_json(args.metrics, json_safe({k: v for k, v in result.items() if k != "items"}))
+    s = result["stats"]
+    print(f"evaluate: {result['verdict']} on {result['metric']} (Wilcoxon p {s['wilcoxon_p']:.3g}, Cohen's d "
+          f"{s['cohens_d']:+.2f}, improvement {s['relative_improvement']:+.1%}); judge win rate "
+          f"{s['judge_win_rate']:.2f}, inconsistency {s['judge_inconsistency']:.2f}; perplexity "
+          f"{result['base']['perplexity']:.2f} -> {result['tuned']['perplexity']:.2f} -> {args.report}")
 
 
 if __name__ == "__main__":

@@ -93,3 +93,19 @@ def report_markdown(result: dict) -> str:
             out += ["", f"- `{_cell(w['id'])}` ({w['stratum']}{', error' if w['error'] else ''}): overall "
                         f"{w['overall']:.2f}; {scores}", f"  > {_cell(w['excerpt'])}"]
     return "\n".join(out) + "\n"
+
+
+def plot_rows(sample_rows: list[dict], gold: dict[str, dict] | None, rubric) -> list[dict]:
+    """The calibration scatter for `dvc plots`: each sampled record's oracle scores by stratum, with the human
+    overall score beside it where a gold label exists (null otherwise)."""
+    from slmforge.labeling import overall_score
+
+    rows = []
+    for r in sample_rows:
+        label = r.get("label")
+        if not label or label.get("overall") is None:
+            continue
+        g = (gold or {}).get(r["id"])
+        rows.append({"id": r["id"], "stratum": r["stratum"], "overall": label["overall"], **label["scores"],
+                     "gold_overall": overall_score(g["scores"], rubric) if g else None})
+    return rows

@@ -1,19 +1,109 @@
-"""The `slmforge` command: `slmforge compose [OVERRIDE ...]` writes params.yaml from conf/."""
+"""The `slmforge` command: `compose` writes params.yaml from conf/; `chat` talks to base + adapter;
+`merge` exports a merged model; `doctor` says what this machine can run.
+
+Run: slmforge chat | slmforge merge --out models/merged | slmforge doctor | slmforge compose [OVERRIDE ...]
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
 
 from slmforge.runner import run
 
+CHAT_HELP = """commands:
+  /reset          forget the conversation (the system prompt stays)
+  /system TEXT    set the system prompt and start over
+  /system         show the system prompt
+  /help           this list
+  /exit, /quit    leave (so does end of input, Ctrl-D)"""
+
+
+def chat_loop(session) -> None:
+    """Read a line, answer it streamed; slash commands steer the session."""
+    try:
+        import readline  # noqa: F401  (line editing and history for input(), where the platform has it)
+    except ImportError:
+        pass
+    print("slmforge chat: /help lists commands, /exit leaves.", flush=True)
+    while True:
+        try:
+            line = input("you> ").strip()
+        except EOFError:
+            print(flush=True)
+            return
+        except KeyboardInterrupt:  # Ctrl-C at the prompt clears the line, as a shell does
+            print(flush=True)
+            continue
+        if not line:
+            continue
+        command, _, rest = line.partition(" ")
+        if command in ("/exit", "/quit"):
+            return
+        if command == "/help":
+            print(CHAT_HELP, flush=True)
+        elif command == "/reset":
+            session.reset()
+            print("(conversation reset; system prompt kept)", flush=True)
+        elif command == "/system" and rest.strip():
+            session.set_system(rest.strip())
+            print("(system prompt set; conversation reset)", flush=True)
+        elif command == "/system":
+            print(f"(system prompt: {session.system!r})" if session.system else "(no system prompt)", flush=True)
+        elif command.startswith("/"):
+            print(f"(unknown command {command}: /help lists them)", flush=True)
+        else:
+            answer(session, line)
+
+
+def answer(session, line: str) -> None:
+    from slmforge.io import UserError
+
+    dropped = session.dropped_turns
+    sys.stdout.write("model> ")
+    sys.stdout.flush()
+    reply = session.send(line)
+    try:
+        for piece in reply:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+    except UserError as exc:  # a message too long for the context: say so and keep chatting
+        print(f"\n(error: {exc})", flush=True)
+        return
+    except KeyboardInterrupt:  # Ctrl-C while answering stops the answer, not the chat
+        reply.close()
+        sys.stdout.write(" [stopped]")
+    print(flush=True)
+    if session.dropped_turns > dropped:
+        print(f"(context full: dropped the oldest {session.dropped_turns - dropped} turn(s))", flush=True)
+
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(prog="slmforge", description=__doc__)
+    ap = argparse.ArgumentParser(prog="slmforge", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
     p = sub.add_parser("compose", help="compose conf/ into params.yaml as `dvc exp run` does")
     p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=llama32_3b lora.r=8")
     p.add_argument("--conf", default="conf")
     p.add_argument("--out", default="params.yaml")
+
+    p = sub.add_parser("chat", help="chat with the base model and the trained adapter, streamed")
+    p.add_argument("--base", default="models/base")
+    p.add_argument("--pin", default="models/base.json")
+    p.add_argument("--adapter", default="models/adapter")
+    p.add_argument("--no-adapter", action="store_true", help="chat with the base model alone")
+    p.add_argument("--system", default=None, help="system prompt (/system TEXT changes it in the chat)")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--params", default="params.yaml", help="params file whose `model` section says how to load")
+
+    p = sub.add_parser("merge", help="fold the adapter into full-precision base weights and save the model")
+    p.add_argument("--base", default="models/base")
+    p.add_argument("--pin", default="models/base.json")
+    p.add_argument("--adapter", default="models/adapter")
+    p.add_argument("--out", default="models/merged")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+
+    sub.add_parser("doctor", help="what this machine can run: GPU, bitsandbytes, packages, DVC, keys")
     args = ap.parse_args(argv)
 
     def command() -> None:
@@ -22,6 +112,28 @@ def main(argv=None) -> None:
 
             compose_to_file(args.conf, args.out, args.overrides)
             print(f"wrote {args.out} from {args.conf}/" + (f" with {' '.join(args.overrides)}" if args.overrides else ""))
+        elif args.command == "chat":
+            from slmforge.chat import ChatSession, load_chat_model
+            from slmforge.modeling import set_threads
+            from slmforge.params import load_params
+
+            params = load_params("model", args.params)
+            set_threads()
+            model, tokenizer = load_chat_model(params, args.base, args.pin, None if args.no_adapter else args.adapter)
+            chat_loop(ChatSession(model, tokenizer, system=args.system, max_new_tokens=args.max_new_tokens))
+        elif args.command == "merge":
+            from slmforge.chat import MERGE_HINT, merge_adapter, merge_warning, read_adapter_card
+
+            warning = merge_warning(read_adapter_card(args.adapter, MERGE_HINT))
+            if warning:
+                print(f"warning: {warning}", file=sys.stderr, flush=True)
+            info = merge_adapter(args.base, args.pin, args.adapter, args.out, args.dtype)
+            print(f"wrote {args.out}: {args.base} + {args.adapter} merged, {info['dtype']}")
+        elif args.command == "doctor":
+            from slmforge.doctor import report
+
+            for line in report()[0]:
+                print(line)
 
     run(command)
 

@@ -63,6 +63,21 @@ class TrainParams:
 
 
 @dataclass(frozen=True)
+class JudgeParams:
+    enabled: bool  # the oracle compares base and tuned answers to each test item, in both orders
+    max_items: int  # 0: every test item
+    tie_margin: float  # a preference within this of the middle of the scale is a tie
+
+
+@dataclass(frozen=True)
+class VerdictParams:
+    metric: str  # the per-item metric the verdict is made on (rouge_l, nll, token_accuracy, judge)
+    p_max: float  # Wilcoxon p below this
+    min_effect: float  # Cohen's d above this
+    min_improvement: float  # relative improvement above this (0.15 = 15%)
+
+
+@dataclass(frozen=True)
 class EvalParams:
     max_new_tokens: int
     batch_size: int
@@ -70,6 +85,11 @@ class EvalParams:
     max_probes: int  # 0: all
     seed: int
     abstain_markers: list[str]
+    units: list[str]  # a reference with a number in one of these units asks the answer to use the unit too
+    bootstrap: int  # resamples for the 95% intervals
+    examples: int  # side-by-side examples in reports/eval.md
+    judge: JudgeParams
+    verdict: VerdictParams
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,12 @@ def keyword_judge(body: dict) -> str:
                   "answer": f"The paper '{title}' reports its main finding number {k + 1} in detail."}
                  for k in range(n)]
         return json.dumps({"pairs": pairs})
+    if "<answer_a>" in prompt:  # the pairwise judge: the answer with more keywords is better
+        def hits(tag: str) -> int:
+            answer = re.search(rf"<{tag}>\n(.*?)\n</{tag}>", prompt, re.DOTALL).group(1).lower()
+            return sum(k.lower() in answer for k in KEYWORDS)
+        a, b = hits("answer_a"), hits("answer_b")
+        return json.dumps({"preference": 5 if a == b else 8 if b > a else 2})
     record = re.search(r"<record>\n(.*?)\n</record>", prompt, re.DOTALL).group(1).lower()
     hits = sum(bool(re.search(r"(?<!\w)" + re.escape(k.lower()) + r"s?(?!\w)", record)) for k in KEYWORDS)
     scores = (9, 6, 4) if hits >= 2 else (5, 3, 7) if hits == 1 else (1, 4, 2)
@@ -76,8 +82,10 @@ def test_whole_pipeline_through_the_claude_backend(repo, monkeypatch):
             assert oracle["backend"] == "claude" and oracle["calls"] > 0 and oracle["usd"] > 0, (name, oracle)
             assert oracle["tokens_in"] > 0 and oracle["tokens_out"] > 0
         assert sum(json.loads((repo / f"metrics/{n}.json").read_text())["oracle"]["calls"]
-                   for n in ("synthesize", "calibration", "label")) == first_calls
-        assert (repo / "metrics/eval.json").exists()
+                   for n in ("synthesize", "calibration", "label", "eval")) == first_calls
+        evaluation = json.loads((repo / "metrics/eval.json").read_text())
+        assert evaluation["oracle"]["backend"] == "claude" and evaluation["oracle"]["calls"] == 2 * evaluation["judge"]["items"]
+        assert evaluation["judge"]["judged"] == evaluation["judge"]["items"]
 
         # Forced again: every answer is in the cache, the server hears nothing.
         sh("dvc repro -f -s synthesize && dvc repro -f -s calibrate && dvc repro -f -s label", repo)

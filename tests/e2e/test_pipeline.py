@@ -121,8 +121,24 @@ def test_repro_runs_the_whole_dag(repo):
     assert {"train_eval_gap", "overfit_flag", "best_eval_loss"} <= set(train)
     assert (repo / "metrics/train/plots/metrics/train/loss.tsv").exists()
     assert (repo / "metrics/train/plots/metrics/eval/loss.tsv").exists()
+    assert metrics["verdict"] in ("DEPLOY", "REVIEW", "FAIL") and metrics["reasons"]
+    for key in ("wilcoxon_p", "mannwhitney_p", "cohens_d", "cliffs_delta", "judge_win_rate", "judge_inconsistency"):
+        assert key in metrics["stats"], key
+    judge = metrics["judge"]
+    assert judge["items"] == metrics["base"]["items"] and judge["judged"] + judge["failed"] == judge["items"]
+    assert metrics["oracle"]["calls"] == 2 * judge["items"]  # each test item in both orders
+    assert {"sample:stackexchange", "sample:facts"} <= set(metrics["per_source"])
+    assert metrics["overfitting"]["last_step"] >= metrics["overfitting"]["best_step"]
     report = (repo / "reports/eval.md").read_text()
-    assert report.startswith("# Evaluation") and "probe_accuracy" in report
+    assert report.startswith(f"# Evaluation: **{metrics['verdict']}**") and "probe_accuracy" in report
+    assert "## Test items side by side" in report
+    for name in ("eval_per_source", "eval_judge", "calibration"):
+        assert json.loads((repo / f"metrics/plots/{name}.json").read_text()), name
+    # `dvc plots show` draws every plot on one page that needs no network
+    sh("dvc plots show -o plots_page", repo)
+    page = (repo / "plots_page/index.html").read_text()
+    assert "Judge outcomes" in page and "https://cdn" not in page
+    shutil.rmtree(repo / "plots_page")
     card = (repo / "models/adapter/README.md").read_text()
     assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in card
     assert not list((repo / "checkpoints/train").glob("*/checkpoint-*"))  # cleaned after success
@@ -135,10 +151,17 @@ def test_second_repro_executes_nothing(repo):
 
 
 def test_forced_rerun_of_the_oracle_stages_makes_zero_calls(repo):
-    sh("dvc repro -f -s synthesize && dvc repro -f -s calibrate && dvc repro -f -s label", repo)
-    for stage in ("synthesize", "calibration", "label"):
+    before = json.loads((repo / "metrics/eval.json").read_text())
+    sh("dvc repro -f -s synthesize && dvc repro -f -s calibrate && dvc repro -f -s label && dvc repro -f -s evaluate",
+       repo)
+    for stage in ("synthesize", "calibration", "label", "eval"):
         oracle = json.loads((repo / f"metrics/{stage}.json").read_text())["oracle"]
         assert oracle["calls"] == 0 and oracle["cache_hits"] > 0, (stage, oracle)
+    # evaluate generated nothing again either (cached by model, adapter and prompt), and decided the same
+    after = json.loads((repo / "metrics/eval.json").read_text())
+    n = after["base"]["items"] + after["base"]["probes"]
+    assert after["base"]["generations_cached"] == after["tuned"]["generations_cached"] == n
+    assert (after["verdict"], after["stats"]) == (before["verdict"], before["stats"])
     # the answers are the same, so nothing downstream of label changed
     status = sh("dvc status split", repo).stdout
     assert "up to date" in status.lower(), status

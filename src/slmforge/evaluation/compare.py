@@ -1,57 +1,154 @@
-"""Tuned against base on the same test items and probes: scores, generations, per-item records."""
+"""Tuned against base on the same test items and probes: generations, per-item metrics, the pairwise judge,
+paired statistics with a verdict, a breakdown by source, and overfitting diagnostics from training."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 from pathlib import Path
 
 from slmforge.evaluation.generate import generate, prompt_messages, reference, score_references
-from slmforge.evaluation.metrics import aggregate, delta, hallucinated, probe_match, rouge_l
+from slmforge.evaluation.judge import judge_items, outcome_score
+from slmforge.evaluation.metrics import (aggregate, delta, format_ok, hallucinated, mean_or_nan, per_group,
+                                         probe_match, rouge_l)
+from slmforge.evaluation.stats import paired_stats, verdict, win_rate
 from slmforge.io import UserError
 from slmforge.params import EvalParams, ModelParams
 
+# Per-item metrics the statistics are computed on: name -> (kind of item, higher is better).
+PAIRED = {"rouge_l": ("test", True), "nll": ("test", False), "token_accuracy": ("test", True),
+          "judge": ("test", True), "correct": ("probe", True), "hallucinated": ("probe", False)}
+BREAKDOWN = ["rouge_l", "nll", "token_accuracy", "judge", "correct", "hallucinated", "format_ok", "eos", "length"]
+
 
 def evaluate_model(model, tokenizer, test_rows: list[dict], probes: list[dict], params: EvalParams,
-                   max_len: int, label: str) -> tuple[dict, list[dict]]:
+                   max_len: int, label: str, cache_id: tuple[str, str | None]) -> tuple[dict, list[dict]]:
     scores = score_references(model, tokenizer, test_rows, max_len, params.batch_size, desc=f"{label} ppl")
-    test_gen = generate(model, tokenizer, [prompt_messages(r) for r in test_rows], params.max_new_tokens,
-                        params.batch_size, desc=f"{label} test")
-    probe_gen = generate(model, tokenizer, [prompt_messages(r) for r in probes], params.max_new_tokens,
-                         params.batch_size, desc=f"{label} probes")
-    rouge = [rouge_l(g, reference(r)) for g, r in zip(test_gen, test_rows)]
-    ok = [probe_match(g, p["meta"]["answer"], p["meta"].get("aliases", [])) for g, p in zip(probe_gen, probes)]
-    bad = [hallucinated(g, p["meta"]["answer"], p["meta"].get("aliases", []), params.abstain_markers)
+    gen = generate(model, tokenizer, [prompt_messages(r) for r in [*test_rows, *probes]], params.max_new_tokens,
+                   params.batch_size, desc=f"{label} generate", cache_id=cache_id)
+    test_gen, probe_gen = gen[: len(test_rows)], gen[len(test_rows):]
+    rouge = [rouge_l(g["text"], reference(r)) for g, r in zip(test_gen, test_rows)]
+    ok = [probe_match(g["text"], p["meta"]["answer"], p["meta"].get("aliases", [])) for g, p in zip(probe_gen, probes)]
+    bad = [hallucinated(g["text"], p["meta"]["answer"], p["meta"].get("aliases", []), params.abstain_markers)
            for g, p in zip(probe_gen, probes)]
+    common = lambda g, r: {"generation": g["text"], "length": g["tokens"], "eos": float(g["eos"]),  # noqa: E731
+                           "format_ok": _float(format_ok(g["text"], reference(r), params.units))}
     items = [{"id": r["id"], "kind": "test", "source": r["source"], "origin": r["meta"].get("origin"),
-              "generation": g, "rouge_l": x, **s} for r, g, x, s in zip(test_rows, test_gen, rouge, scores)]
-    items += [{"id": p["id"], "kind": "probe", "source": p["source"], "origin": "facts", "generation": g,
-               "correct": c, "hallucinated": h} for p, g, c, h in zip(probes, probe_gen, ok, bad)]
-    return aggregate(scores, rouge, ok, bad), items
+              **common(g, r), "rouge_l": x, "nll": s["nll"] / max(s["tokens"], 1),
+              "token_accuracy": s["correct"] / max(s["tokens"], 1), "ref_tokens": s["tokens"]}
+             for r, g, x, s in zip(test_rows, test_gen, rouge, scores)]
+    items += [{"id": p["id"], "kind": "probe", "source": p["source"], "origin": "facts", **common(g, p),
+               "correct": float(c), "hallucinated": float(h)} for p, g, c, h in zip(probes, probe_gen, ok, bad)]
+    summary = aggregate(scores, rouge, ok, bad)
+    summary.update({"mean_length": mean_or_nan([i["length"] for i in items]),
+                    "eos_rate": mean_or_nan([i["eos"] for i in items]),
+                    "format_compliance": mean_or_nan([i["format_ok"] for i in items]),
+                    "generations_cached": sum(g["cached"] for g in gen)})
+    return summary, items
+
+
+def _float(x: bool | None) -> float | None:
+    return None if x is None else float(x)
+
+
+def check_templates(tokenizer_sha: str, chatml_sha: str, adapter_sha: str, adapter_dir: Path) -> None:
+    """chatml's rows, the adapter (train) and the base model's tokenizer must use the same chat template."""
+    if adapter_sha != chatml_sha:
+        raise UserError(f"{adapter_dir} was trained on rows made with another chat template than data/chatml has "
+                        f"now (adapter {adapter_sha[:12]}, chatml {chatml_sha[:12]}): run `dvc repro train`")
+    if tokenizer_sha != adapter_sha:
+        raise UserError(f"{adapter_dir} was trained with another chat template than models/base has "
+                        f"(adapter {adapter_sha[:12]}, base {tokenizer_sha[:12]}): run `dvc repro train`")
+
+
+def adapter_sha(adapter_dir: Path) -> str:
+    """sha256 of the adapter's weights (the generation cache's key for the tuned side)."""
+    h = hashlib.sha256()
+    for path in sorted(adapter_dir.glob("adapter_model.*")):
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def overfitting(card_metrics: dict) -> dict:
+    """From the training log the adapter carries: the train/eval gap, and the best step against the last."""
+    best, last = card_metrics.get("best_eval_loss"), card_metrics.get("eval_loss")
+    return {
+        "train_eval_gap": card_metrics.get("train_eval_gap"), "overfit_flag": card_metrics.get("overfit_flag"),
+        "best_step": card_metrics.get("best_step"), "last_step": card_metrics.get("last_step"),
+        "best_eval_loss": best, "last_eval_loss": last,
+        "last_minus_best_eval_loss": None if best is None or last is None else last - best,
+    }
+
+
+def statistics(items: list[dict], params: EvalParams, judge_summary: dict | None) -> tuple[dict, dict]:
+    """(paired statistics of every per-item metric, the headline stats and verdict)."""
+    per_metric = {}
+    for name, (kind, higher) in PAIRED.items():
+        pairs = [(i["base"][name], i["tuned"][name]) for i in items
+                 if i["kind"] == kind and i["base"].get(name) is not None and i["tuned"].get(name) is not None]
+        if pairs:
+            per_metric[name] = paired_stats([b for b, _ in pairs], [t for _, t in pairs], higher_is_better=higher,
+                                            n_boot=params.bootstrap, seed=params.seed)
+    outcomes = [i["judge"]["outcome"] for i in items if i.get("judge") and i["judge"]["outcome"] is not None]
+    judge = win_rate(outcomes, n_boot=params.bootstrap, seed=params.seed) if judge_summary else None
+    v = params.verdict
+    if v.metric not in per_metric:
+        raise UserError(f"eval.verdict.metric={v.metric!r} has no paired values in this run: pick one of "
+                        f"{sorted(per_metric)}" + (" (eval.judge.enabled is false)" if v.metric == "judge" else ""))
+    primary = per_metric[v.metric]
+    decision, reasons = verdict(primary, p_max=v.p_max, min_effect=v.min_effect,
+                                min_improvement=v.min_improvement, judge=judge)
+    nan = float("nan")
+    headline = {
+        "verdict": decision, "reasons": reasons, "metric": v.metric,
+        "stats": {
+            "n": primary["n"], "mean_delta": primary["mean_delta"], "delta_ci_low": primary["delta_ci_low"],
+            "delta_ci_high": primary["delta_ci_high"], "wilcoxon_p": primary["wilcoxon_p"],
+            "mannwhitney_p": primary["mannwhitney_p"], "cohens_d": primary["cohens_d"],
+            "cliffs_delta": primary["cliffs_delta"], "relative_improvement": primary["relative_improvement"],
+            "judge_win_rate": judge["win_rate"] if judge else nan,
+            "judge_win_rate_ci_low": judge["win_rate_ci_low"] if judge else nan,
+            "judge_win_rate_ci_high": judge["win_rate_ci_high"] if judge else nan,
+            "judge_inconsistency": judge_summary["inconsistency"] if judge_summary else nan,
+            "judge_first_position_preference": judge_summary["first_position_preference"] if judge_summary else nan,
+        },
+        "judge": {**(judge_summary or {}), **(judge or {})} if judge_summary else None,
+    }
+    return per_metric, headline
 
 
 def compare(*, test_rows: list[dict], probes: list[dict], model_params: ModelParams, params: EvalParams,
-            max_len: int, base_dir: Path, base_json: Path, adapter_dir: Path) -> dict:
-    """Evaluate the base, then the same weights with the adapter attached, on identical inputs."""
+            max_len: int, base_dir: Path, base_json: Path, adapter_dir: Path, chatml_sha: str,
+            oracle=None, domain: str = "") -> dict:
+    """Evaluate the base, then the same weights with the adapter attached, on identical inputs; then judge,
+    test and decide."""
     import torch
     from peft import PeftModel
     from transformers import set_seed
 
     from slmforge.modeling import load_base, set_threads, template_fingerprint
+    from slmforge.oracle.local import model_fingerprint
 
     set_threads()
     set_seed(params.seed)
-    card = json.loads((adapter_dir / "slmforge_adapter.json").read_text())
+    card_path = adapter_dir / "slmforge_adapter.json"
+    if not card_path.exists():
+        raise UserError(f"{card_path} is missing: run `dvc repro train` first")
+    card = json.loads(card_path.read_text())
     if params.max_test_items:
         test_rows = test_rows[: params.max_test_items]
     if params.max_probes:
         probes = probes[: params.max_probes]
     model, tokenizer = load_base(model_params, base_dir, base_json)
-    if template_fingerprint(tokenizer) != card["template_sha256"]:
-        raise UserError(f"{adapter_dir} was trained with another chat template than models/base has: "
-                        "run `dvc repro train`")
-    base, base_items = evaluate_model(model, tokenizer, test_rows, probes, params, max_len, "base")
+    check_templates(template_fingerprint(tokenizer), chatml_sha, card["template_sha256"], adapter_dir)
+    pin = json.loads(Path(base_json).read_text()) if Path(base_json).exists() else None
+    fingerprint = (f"{model_fingerprint(Path(base_dir), pin)}|4bit={model_params.load_in_4bit}|"
+                   f"{model_params.compute_dtype}|{'cuda' if torch.cuda.is_available() else 'cpu'}")
+    base, base_items = evaluate_model(model, tokenizer, test_rows, probes, params, max_len, "base", (fingerprint, None))
     model = PeftModel.from_pretrained(model, str(adapter_dir))
-    tuned, tuned_items = evaluate_model(model, tokenizer, test_rows, probes, params, max_len, "tuned")
+    tuned, tuned_items = evaluate_model(model, tokenizer, test_rows, probes, params, max_len, "tuned",
+                                        (fingerprint, adapter_sha(adapter_dir)))
     del model
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -59,8 +156,55 @@ def compare(*, test_rows: list[dict], probes: list[dict], model_params: ModelPar
     refs = {r["id"]: r for r in [*test_rows, *probes]}
     for b, t in zip(base_items, tuned_items):
         row = refs[b["id"]]
+        keep = lambda d: {k: v for k, v in d.items() if k not in ("id", "kind", "source", "origin")}  # noqa: E731
         items.append({"id": b["id"], "kind": b["kind"], "source": b["source"], "origin": b["origin"],
                       "question": prompt_messages(row)[-1]["content"], "reference": reference(row),
-                      "expected": row["meta"].get("answer"), "base": b, "tuned": t})
-    return {"base": base, "tuned": tuned, "delta": delta(base, tuned),
-            "template_sha256": card["template_sha256"], "items": items}
+                      "expected": row["meta"].get("answer"), "base": keep(b), "tuned": keep(t)})
+    judge_summary = None
+    if params.judge.enabled and oracle is not None:
+        tests = [i for i in items if i["kind"] == "test"]
+        judged, judge_summary = judge_items(tests, oracle, domain, params.judge)
+        by_id = {j["id"]: j for j in judged}
+        for item in tests:
+            if item["id"] in by_id:
+                item["judge"] = by_id[item["id"]]
+                score = outcome_score(by_id[item["id"]]["outcome"])
+                item["tuned"]["judge"] = score
+                item["base"]["judge"] = None if score is None else 1.0 - score
+    per_metric, headline = statistics(items, params, judge_summary)
+    result = {
+        **headline, "base": base, "tuned": tuned, "delta": delta(base, tuned), "per_metric": per_metric,
+        "per_source": per_group(items, BREAKDOWN), "overfitting": overfitting(card.get("metrics", {})),
+        "template_sha256": card["template_sha256"], "items": items,
+    }
+    if oracle is not None:
+        result.update(oracle.metrics())
+    return result
+
+
+def plot_rows(result: dict) -> tuple[list[dict], list[dict]]:
+    """(per-source bars, judge outcomes) for `dvc plots`: one row per (source, metric, model), and the counts of
+    each judge outcome."""
+    bars = []
+    for group, entry in result["per_source"].items():
+        for side in ("base", "tuned"):
+            for metric, value in entry[side].items():
+                if not (isinstance(value, float) and math.isnan(value)):
+                    bars.append({"source": group, "metric": metric, "model": side, "value": value, "n": entry["n"]})
+    j = result.get("judge") or {}
+    judge = [{"outcome": "tuned wins", "count": j.get("tuned_wins", 0)},
+             {"outcome": "base wins", "count": j.get("base_wins", 0)},
+             {"outcome": "tie", "count": j.get("ties_both_orders", 0)},
+             {"outcome": "flips with order", "count": j.get("flips_with_order", 0)}]
+    return bars, judge
+
+
+def json_safe(obj):
+    """NaN (a statistic undefined on this data) as null: JSON has no NaN, and DVC's metrics readers choke on it."""
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [json_safe(v) for v in obj]
+    return obj

@@ -1,10 +1,17 @@
-"""Batched greedy generation (left padding, KV cache) and teacher-forced scoring of reference answers."""
+"""Batched greedy generation (left padding, KV cache, cached by model, adapter and prompt) and teacher-forced
+scoring of reference answers."""
 
 from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
+from slmforge.io import atomic_write_json
 from slmforge.training import tokenize_chat
 
 
@@ -18,30 +25,60 @@ def reference(row: dict) -> str:
     return [m for m in row["messages"] if m["role"] == "assistant"][-1]["content"]
 
 
+def generation_store() -> Path:
+    """Generations are kept outside the repository, like the oracle's answers: DVC deletes evaluate's outputs
+    before it runs the stage, and a change to the judge or the report must not regenerate anything."""
+    root = os.environ.get("SLMFORGE_CACHE") or Path.home() / ".cache" / "slmforge"
+    return Path(root) / "generations"
+
+
+def generation_key(model_fingerprint: str, adapter_sha: str | None, prompt: str, max_new_tokens: int) -> str:
+    """sha256(model fingerprint, adapter hash, prompt, decoding): greedy decoding, so nothing else shapes it."""
+    material = {"model": model_fingerprint, "adapter": adapter_sha, "prompt": prompt,
+                "decoding": {"greedy": True, "max_new_tokens": max_new_tokens}}
+    return hashlib.sha256(json.dumps(material, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
 @torch.no_grad()
 def generate(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int, batch_size: int,
-             desc: str = "generate") -> list[str]:
-    """Greedy continuations of each conversation. Prompts are sorted by length so a batch pads little,
-    and padded on the left so every row's last token is its own."""
+             desc: str = "generate", cache_id: tuple[str, str | None] | None = None,
+             store: Path | None = None) -> list[dict]:
+    """Greedy continuations of each conversation: {text, tokens (generated, EOS excluded), eos (whether the
+    model ended its answer before max_new_tokens), cached}. Prompts are sorted by length so a batch pads
+    little, and padded on the left so every row's last token is its own. With `cache_id` = (model fingerprint,
+    adapter sha), answers are read from and written to the generation store."""
     model.eval()
     texts = [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in conversations]
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    out: list[str] = [""] * len(texts)
+    out: list[dict | None] = [None] * len(texts)
+    store = store or generation_store()
+    keys = [generation_key(*cache_id, t, max_new_tokens) for t in texts] if cache_id else [None] * len(texts)
+    for i, key in enumerate(keys):
+        path = store / key[:2] / f"{key}.json" if key else None
+        if path is not None and path.exists():
+            out[i] = {**json.loads(path.read_text()), "cached": True}
+    todo = sorted((i for i in range(len(texts)) if out[i] is None), key=lambda i: len(texts[i]))
+    eos_ids = {tokenizer.eos_token_id} if isinstance(tokenizer.eos_token_id, int) else set(tokenizer.eos_token_id or [])
     old_side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     try:
-        for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch"):
-            idx = order[start: start + batch_size]
+        for start in tqdm(range(0, len(todo), batch_size), desc=desc, unit="batch", disable=not todo):
+            idx = todo[start: start + batch_size]
             enc = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
             enc = {k: v.to(model.device) for k, v in enc.items()}
             gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
                                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-            new = gen[:, enc["input_ids"].shape[1]:]
+            new = gen[:, enc["input_ids"].shape[1]:].tolist()
             for j, i in enumerate(idx):
-                out[i] = tokenizer.decode(new[j], skip_special_tokens=True).strip()
+                ids = new[j]
+                stop = next((k for k, t in enumerate(ids) if t in eos_ids), None)
+                answer = {"text": tokenizer.decode(ids[:stop], skip_special_tokens=True).strip(),
+                          "tokens": len(ids) if stop is None else stop, "eos": stop is not None}
+                if keys[i]:
+                    atomic_write_json(store / keys[i][:2] / f"{keys[i]}.json", answer)
+                out[i] = {**answer, "cached": False}
     finally:
         tokenizer.padding_side = old_side
-    return out
+    return out  # type: ignore[return-value]
 
 
 @torch.no_grad()

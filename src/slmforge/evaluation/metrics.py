@@ -60,3 +60,55 @@ def aggregate(scores: list[dict], rouge: list[float], probe_ok: list[bool], hall
 
 def delta(base: dict, tuned: dict) -> dict:
     return {k: tuned[k] - base[k] for k in base if isinstance(base[k], float)}
+
+
+_NUMBER = r"\d[\d,]*(?:\.\d+)?"
+
+
+def _unit_pattern(unit: str) -> re.Pattern:
+    u = re.escape(unit.lower())
+    tail = "" if not unit[-1:].isalnum() else r"(?![a-z])"
+    if unit in ("$", "USD"):  # a currency stands before the number as often as after it
+        return re.compile(rf"{u}\s?{_NUMBER}|{_NUMBER}\s?{u}{tail}")
+    return re.compile(rf"{_NUMBER}\s?-?{u}{tail}")
+
+
+def units_in(text: str, units: list[str]) -> set[str]:
+    """The units given with a number in `text`, singular and plural as one ("11-day" and "11 days")."""
+    low = text.lower()
+    return {u.lower().removesuffix("s") if len(u) > 3 else u.lower() for u in units if _unit_pattern(u).search(low)}
+
+
+def format_ok(prediction: str, ref: str, units: list[str]) -> bool | None:
+    """Format compliance: where the reference gives a number with a unit ("11 days", "2.5%"), the answer gives
+    a number with that unit too. None where the reference has no such number (not applicable)."""
+    wanted = units_in(ref, units)
+    if not wanted:
+        return None
+    return wanted <= units_in(prediction, units)
+
+
+def group_of(item: dict) -> str:
+    """The provenance group an item is reported under: its source, and its origin inside the source when they
+    differ (the sample corpus holds StackExchange threads, tweets and facts under one source)."""
+    source, origin = item.get("source") or "unknown", item.get("origin")
+    return source if not origin or origin == source else f"{source}:{origin}"
+
+
+def mean_or_nan(values: list) -> float:
+    values = [float(v) for v in values if v is not None]
+    return sum(values) / len(values) if values else float("nan")
+
+
+def per_group(items: list[dict], keys: list[str]) -> dict[str, dict]:
+    """Every per-item metric's mean for base and tuned, by provenance group: {group: {n, base{k}, tuned{k}}}."""
+    groups: dict[str, list[dict]] = {}
+    for item in items:
+        groups.setdefault(group_of(item), []).append(item)
+    out = {}
+    for name, rows in sorted(groups.items()):
+        out[name] = {"n": len(rows)}
+        for side in ("base", "tuned"):
+            out[name][side] = {k: mean_or_nan([r[side].get(k) for r in rows]) for k in keys
+                               if any(r[side].get(k) is not None for r in rows)}
+    return out

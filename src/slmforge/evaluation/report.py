@@ -1,47 +1,91 @@
-"""reports/eval.md: the comparison first, then side-by-side examples a person can read."""
+"""reports/eval.md: the verdict first, then the paired statistics with intervals, the judge, the breakdown by
+source, overfitting, and side-by-side examples a person can read."""
 
 from __future__ import annotations
 
-KEYS = [("perplexity", "lower"), ("token_accuracy", "higher"), ("rouge_l", "higher"),
-        ("probe_accuracy", "higher"), ("hallucination_rate", "lower")]
+import math
+
+# Per-item metrics in the table: name -> (label, higher is better).
+ROWS = {"rouge_l": ("ROUGE-L (test)", True), "nll": ("NLL per token of the reference (test)", False),
+        "token_accuracy": ("token accuracy (test)", True), "judge": ("judge score (test; win 1, tie 0.5)", True),
+        "correct": ("probe accuracy", True), "hallucinated": ("hallucination rate (probes)", False)}
 
 
-def _better(key: str, direction: str, d: float) -> str:
-    if d == 0:
-        return "="
-    return "better" if (d < 0) == (direction == "lower") else "worse"
+def _num(x, fmt: str = ".4f") -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    return format(x, fmt)
 
 
-def _cell(text: str, width: int = 220) -> str:
+def _p(x) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else (f"{x:.2g}" if x < 0.001 else f"{x:.3f}")
+
+
+def _cell(text, width: int = 220) -> str:
     text = " ".join(str(text).split()).replace("|", "\\|")
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def render(result: dict, n_examples: int = 10) -> str:
-    base, tuned, delta = result["base"], result["tuned"], result["delta"]
-    wins = [k for k, d in KEYS if _better(k, d, delta[k]) == "better"]
+    s, base, tuned = result["stats"], result["base"], result["tuned"]
     lines = [
-        "# Evaluation: tuned adapter against its base model",
+        f"# Evaluation: **{result['verdict']}**",
         "",
-        f"The tuned model is better on {len(wins)} of {len(KEYS)} metrics ({', '.join(wins) or 'none'}), on "
-        f"{base['items']} test items and {base['probes']} held-out fact probes.",
+        f"Verdict on `{result['metric']}` over {s['n']} paired items: " + "; ".join(result["reasons"]) + ".",
         "",
-        "| metric | base | tuned | delta | |",
-        "|---|---:|---:|---:|---|",
+        f"Mean delta {_num(s['mean_delta'])} (95% CI {_num(s['delta_ci_low'])} to {_num(s['delta_ci_high'])}), "
+        f"Wilcoxon p {_p(s['wilcoxon_p'])}, Mann-Whitney p {_p(s['mannwhitney_p'])}, Cohen's d {_num(s['cohens_d'], '+.3f')}, "
+        f"Cliff's delta {_num(s['cliffs_delta'], '+.3f')}, relative improvement {_num(s['relative_improvement'], '+.1%')}. "
+        f"Judge win rate {_num(s['judge_win_rate'], '.3f')} (95% CI {_num(s['judge_win_rate_ci_low'], '.3f')} to "
+        f"{_num(s['judge_win_rate_ci_high'], '.3f')}; 0.5 is parity).",
+        "",
+        "## Paired statistics (tuned against base on the same items)",
+        "",
+        "| metric | n | base | tuned | delta [95% CI] | Wilcoxon p | Cohen's d | Cliff's δ | rel. improvement |",
+        "|---|---:|---:|---:|---|---:|---:|---:|---:|",
     ]
-    for key, direction in KEYS:
-        lines.append(f"| {key} ({direction} is better) | {base[key]:.4f} | {tuned[key]:.4f} | {delta[key]:+.4f} "
-                     f"| {_better(key, direction, delta[key])} |")
-    probes = [i for i in result["items"] if i["kind"] == "probe"]
+    for name, (label, higher) in ROWS.items():
+        m = result["per_metric"].get(name)
+        if not m:
+            continue
+        lines.append(f"| {label} ({'higher' if higher else 'lower'} is better) | {m['n']} | {_num(m['mean_base'])} | "
+                     f"{_num(m['mean_tuned'])} | {_num(m['mean_delta'], '+.4f')} [{_num(m['delta_ci_low'], '+.4f')}, "
+                     f"{_num(m['delta_ci_high'], '+.4f')}] | {_p(m['wilcoxon_p'])} | {_num(m['cohens_d'], '+.3f')} | "
+                     f"{_num(m['cliffs_delta'], '+.3f')} | {_num(m['relative_improvement'], '+.1%')} |")
+    lines += ["", "Effect sizes are oriented: positive means the tuned model is better.", "",
+              "| aggregate | base | tuned |", "|---|---:|---:|"]
+    for key in ("perplexity", "token_accuracy", "rouge_l", "probe_accuracy", "hallucination_rate", "format_compliance",
+                "eos_rate", "mean_length"):
+        lines.append(f"| {key} | {_num(base.get(key))} | {_num(tuned.get(key))} |")
+    j = result.get("judge")
+    if j:
+        lines += ["", "## Judge (pairwise, both orders)", "",
+                  f"{j['items']} test items, each asked base-first and tuned-first; {j['failed']} could not be judged. "
+                  f"Tuned wins {j['tuned_wins']}, base wins {j['base_wins']}, ties in both orders {j['ties_both_orders']}, "
+                  f"verdicts that flip with the order (counted as ties) {j['flips_with_order']}. Inconsistency "
+                  f"{_num(j['inconsistency'], '.2f')}; the first position was preferred in "
+                  f"{_num(j['first_position_preference'], '.0%')} of the decided order-verdicts (50% is no position bias). "
+                  f"Sign test p {_p(j.get('sign_test_p'))}."]
+    lines += ["", "## By source", "", "| source | n | metric | base | tuned |", "|---|---:|---|---:|---:|"]
+    for group, entry in result["per_source"].items():
+        for key in entry["base"]:
+            lines.append(f"| {group} | {entry['n']} | {key} | {_num(entry['base'][key])} | {_num(entry['tuned'].get(key))} |")
+    o = result["overfitting"]
+    lines += ["", "## Overfitting (from the training log)", "",
+              f"Train/eval loss gap {_num(o['train_eval_gap'], '+.3f')} (flag: {o['overfit_flag']}); best eval loss "
+              f"{_num(o['best_eval_loss'])} at step {o['best_step']}, last {_num(o['last_eval_loss'])} at step "
+              f"{o['last_step']} (last - best {_num(o['last_minus_best_eval_loss'], '+.4f')})."]
     tests = [i for i in result["items"] if i["kind"] == "test"]
+    probes = [i for i in result["items"] if i["kind"] == "probe"]
+    lines += ["", f"## Test items side by side ({min(n_examples, len(tests))} of {len(tests)})", "",
+              "| question | reference | base | tuned | judge |", "|---|---|---|---|---|"]
+    for item in tests[:n_examples]:
+        outcome = (item.get("judge") or {}).get("outcome") or "n/a"
+        lines.append(f"| {_cell(item['question'])} | {_cell(item['reference'])} | {_cell(item['base']['generation'])} "
+                     f"| {_cell(item['tuned']['generation'])} | {outcome} |")
     lines += ["", f"## Fact probes ({min(n_examples, len(probes))} of {len(probes)})", "",
               "| question | expected | base | tuned |", "|---|---|---|---|"]
     for item in probes[:n_examples]:
         mark = lambda side: ("✓ " if item[side]["correct"] else "✗ ") + _cell(item[side]["generation"])  # noqa: E731
         lines.append(f"| {_cell(item['question'])} | {_cell(item['expected'])} | {mark('base')} | {mark('tuned')} |")
-    lines += ["", f"## Test items ({min(n_examples, len(tests))} of {len(tests)})", "",
-              "| question | reference | base | tuned |", "|---|---|---|---|"]
-    for item in tests[:n_examples]:
-        lines.append(f"| {_cell(item['question'])} | {_cell(item['reference'])} | {_cell(item['base']['generation'])} "
-                     f"| {_cell(item['tuned']['generation'])} |")
     return "\n".join(lines) + "\n"
