@@ -33,6 +33,7 @@ def main(argv=None):
     check_params_fresh()
     params = load_params("eval")
     oracle = open_oracle(load_params("oracle"), args.cache, args.base, args.pin) if params.judge.enabled else None
+    Path(args.cache).mkdir(parents=True, exist_ok=True)  # an output even with the judge off (then empty)
     split = Path(args.split_dir)
     result = compare(
         test_rows=read_jsonl(split / "test.jsonl"), probes=read_jsonl(split / "probes.jsonl"),

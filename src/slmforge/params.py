@@ -67,6 +67,7 @@ class JudgeParams:
     enabled: bool  # the oracle compares base and tuned answers to each test item, in both orders
     max_items: int  # 0: every test item
     tie_margin: float  # a preference within this of the middle of the scale is a tie
+    max_inconsistency: float  # a judge whose verdicts change with the order more often says nothing: left out
 
 
 @dataclass(frozen=True)

@@ -84,8 +84,9 @@ def test_whole_pipeline_through_the_claude_backend(repo, monkeypatch):
         assert sum(json.loads((repo / f"metrics/{n}.json").read_text())["oracle"]["calls"]
                    for n in ("synthesize", "calibration", "label", "eval")) == first_calls
         evaluation = json.loads((repo / "metrics/eval.json").read_text())
-        assert evaluation["oracle"]["backend"] == "claude" and evaluation["oracle"]["calls"] == 2 * evaluation["judge"]["items"]
-        assert evaluation["judge"]["judged"] == evaluation["judge"]["items"]
+        judge = evaluation["judge"]
+        assert evaluation["oracle"]["backend"] == "claude" and judge["judged"] == judge["items"]
+        assert 0 < evaluation["oracle"]["calls"] <= 2 * (judge["items"] - judge["identical"]), (evaluation["oracle"], judge)
 
         # Forced again: every answer is in the cache, the server hears nothing.
         sh("dvc repro -f -s synthesize && dvc repro -f -s calibrate && dvc repro -f -s label", repo)

@@ -21,7 +21,7 @@ UNITS = ["%", "days", "day", "weeks", "ms", "$", "USD"]
 
 def params(metric: str = "rouge_l", **kw) -> EvalParams:
     return EvalParams(max_new_tokens=8, batch_size=4, max_test_items=0, max_probes=0, seed=0, abstain_markers=[],
-                      units=UNITS, bootstrap=200, examples=3, judge=JudgeParams(True, 0, 0.5),
+                      units=UNITS, bootstrap=200, examples=3, judge=JudgeParams(True, 0, 0.5, 0.5),
                       verdict=VerdictParams(metric=metric, p_max=0.05, min_effect=0.3, min_improvement=0.15), **kw)
 
 
@@ -96,13 +96,51 @@ def test_statistics_deploy_review_fail():
     assert worse["verdict"] == "FAIL"
     _, small = statistics(paired_items(4, 0.05), params(), None)  # too few items to be significant
     assert small["verdict"] == "REVIEW"
-    _, on_nll = statistics(paired_items(30, 0.0), params("nll"), None)  # nll: lower is better
-    assert on_nll["stats"]["cohens_d"] is not None and on_nll["verdict"] != "FAIL"
+    nll_items = paired_items(30, 0.0)
+    for k, i in enumerate(nll_items):  # nll: lower is better; tuned is lower by 0.5 with some spread
+        i["base"]["nll"], i["tuned"]["nll"] = 3.0 + 0.1 * (k % 5), 2.5 + 0.1 * (k % 5) + 0.02 * (k % 3)
+    _, on_nll = statistics(nll_items, params("nll"), None)
+    s = on_nll["stats"]
+    assert s["cohens_d"] > 0.3 and s["relative_improvement"] > 0.15 and s["mean_delta"] < 0
+    assert on_nll["verdict"] == "DEPLOY", on_nll["reasons"]
 
 
 def test_a_verdict_metric_without_values_is_a_one_line_error():
-    with pytest.raises(UserError, match="eval.verdict.metric='judge'.*judge.enabled"):
+    with pytest.raises(UserError, match="eval.verdict.metric='judge'.*judge.enabled is false"):
         statistics(paired_items(5, 0.1), params("judge"), None)
+    failed = {"items": 5, "inconsistency": float("nan"), "first_position_preference": float("nan")}
+    with pytest.raises(UserError, match="the judge answered no item"):
+        statistics(paired_items(5, 0.1), params("judge"), failed)
+    with pytest.raises(UserError, match=r"no test items \(data/split/test.jsonl is empty\)"):
+        statistics([], params(), None)
+
+
+def test_a_judge_that_answered_nothing_leaves_the_verdict_to_the_metric_and_says_so():
+    failed = {"items": 30, "judged": 0, "failed": 30, "identical": 0, "tuned_wins": 0, "base_wins": 0,
+              "ties_both_orders": 0, "flips_with_order": 0, "tie_in_one_order": 0,
+              "inconsistency": float("nan"), "first_position_preference": float("nan")}
+    items = paired_items(30, 0.05)
+    for i in items:
+        i["base"]["generation"] = i["tuned"]["generation"] = "an answer"
+    per_metric, head = statistics(items, params(), failed)
+    assert head["verdict"] == "DEPLOY" and "judge unavailable: 0 of 30 items judged" in head["reasons"]
+    text = render({**head, "per_metric": per_metric, "items": items, "base": {}, "tuned": {},
+                   "per_source": {}, "overfitting": overfitting({})}, 2)
+    assert "judge unavailable" in text and "n/a" in text
+
+
+def test_a_judge_whose_verdicts_follow_the_order_is_left_out_of_the_verdict():
+    items = paired_items(30, 0.05)
+    for i in items:  # every item a tie because the order decided: parity, which says nothing
+        i["judge"] = {"outcome": "tie", "consistent": False}
+        i["tuned"]["judge"] = i["base"]["judge"] = 0.5
+    summary = {"items": 30, "judged": 30, "failed": 0, "inconsistency": 1.0, "first_position_preference": 1.0}
+    _, head = statistics(items, params(), summary)
+    assert head["judge"]["in_verdict"] is False and head["verdict"] == "DEPLOY"
+    assert any("judge left out" in r and "100%" in r for r in head["reasons"])
+    summary["inconsistency"] = 0.2
+    _, kept = statistics(items, params(), summary)
+    assert kept["judge"]["in_verdict"] is True and not any("judge left out" in r for r in kept["reasons"])
 
 
 def test_a_judge_that_prefers_base_fails_the_run():
@@ -110,7 +148,7 @@ def test_a_judge_that_prefers_base_fails_the_run():
     for i in items:
         i["judge"] = {"outcome": "base", "consistent": True}
         i["tuned"]["judge"], i["base"]["judge"] = 0.0, 1.0
-    summary = {"inconsistency": 0.0, "first_position_preference": 0.5}
+    summary = {"items": 30, "inconsistency": 0.0, "first_position_preference": 0.5}
     _, head = statistics(items, params(), summary)
     assert head["verdict"] == "FAIL" and head["stats"]["judge_win_rate"] == 0.0
 
@@ -138,10 +176,11 @@ def test_report_puts_the_verdict_first_then_intervals_then_side_by_side_examples
 
 def test_plot_rows_and_json_safe():
     result = result_for_report()
-    result["judge"] = {"tuned_wins": 3, "base_wins": 1, "ties_both_orders": 2, "flips_with_order": 4}
+    result["judge"] = {"tuned_wins": 3, "base_wins": 1, "ties_both_orders": 2, "flips_with_order": 4,
+                       "tie_in_one_order": 1}
     bars, judge = plot_rows(result)
     assert {(b["source"], b["model"]) for b in bars} == {("sample:stackexchange", "base"), ("sample:stackexchange", "tuned")}
-    assert [j["count"] for j in judge] == [3, 1, 2, 4]
+    assert [j["count"] for j in judge] == [3, 1, 2, 5]
     safe = json_safe({"a": float("nan"), "b": [1.0, float("nan")], "c": {"d": "x"}})
     assert json.dumps(safe, allow_nan=False) == '{"a": null, "b": [1.0, null], "c": {"d": "x"}}'
 

@@ -20,7 +20,7 @@ from tests.oracle.messages_server import running_messages_server
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.filterwarnings("ignore:The model .* is deprecated:DeprecationWarning")
-JUDGE = JudgeParams(enabled=True, max_items=0, tie_margin=0.5)
+JUDGE = JudgeParams(enabled=True, max_items=0, tie_margin=0.5, max_inconsistency=0.5)
 
 
 def block(prompt: str, tag: str) -> str:
@@ -82,6 +82,27 @@ def test_a_judge_that_reads_the_answers_is_consistent_and_finds_the_better_one(o
     assert all(j["consistent"] for j in judged)
     assert summary["inconsistency"] == 0.0 and summary["first_position_preference"] == 0.5
     assert (summary["tuned_wins"], summary["base_wins"]) == (3, 3)
+
+
+def test_identical_answers_are_a_tie_without_a_call(oracle_for):
+    rows = items(3)
+    rows[1]["tuned"]["generation"] = rows[1]["base"]["generation"] + " "
+    with running_messages_server(prefers_reference_words) as server:
+        judged, summary = judge_items(rows, oracle_for(server), "A/B testing", JUDGE)
+        assert len(server.calls("POST", "/v1/messages")) == 4
+    assert [j["outcome"] for j in judged] == ["tuned", "tie", "tuned"]
+    assert summary["identical"] == 1 and summary["ties_both_orders"] == 1 and summary["inconsistency"] == 0.0
+
+
+def test_a_win_in_one_order_and_a_tie_in_the_other_is_a_tie_counted_apart_from_a_flip(oracle_for):
+    def tie_when_tuned_first(body):  # prefers the "good" answer only when it comes second
+        prompt = body["messages"][0]["content"]
+        return json.dumps({"preference": 9 if "bananas" in block(prompt, "answer_a") else 5})
+    rows = items(2)[:1]  # item 0: tuned is the good answer
+    with running_messages_server(tie_when_tuned_first) as server:
+        judged, summary = judge_items(rows, oracle_for(server), "A/B testing", JUDGE)
+    assert judged[0]["outcome"] == "tie" and not judged[0]["consistent"]
+    assert summary["tie_in_one_order"] == 1 and summary["flips_with_order"] == 0 and summary["inconsistency"] == 1.0
 
 
 def test_both_orders_are_asked_with_the_answers_swapped(oracle_for):

@@ -35,8 +35,10 @@ def evaluate_model(model, tokenizer, test_rows: list[dict], probes: list[dict], 
     common = lambda g, r: {"generation": g["text"], "length": g["tokens"], "eos": float(g["eos"]),  # noqa: E731
                            "format_ok": _float(format_ok(g["text"], reference(r), params.units))}
     items = [{"id": r["id"], "kind": "test", "source": r["source"], "origin": r["meta"].get("origin"),
-              **common(g, r), "rouge_l": x, "nll": s["nll"] / max(s["tokens"], 1),
-              "token_accuracy": s["correct"] / max(s["tokens"], 1), "ref_tokens": s["tokens"]}
+              **common(g, r), "rouge_l": x, "ref_tokens": s["tokens"],
+              # a reference cut away entirely by max_len has no score (None), not a perfect one
+              "nll": s["nll"] / s["tokens"] if s["tokens"] else None,
+              "token_accuracy": s["correct"] / s["tokens"] if s["tokens"] else None}
              for r, g, x, s in zip(test_rows, test_gen, rouge, scores)]
     items += [{"id": p["id"], "kind": "probe", "source": p["source"], "origin": "facts", **common(g, p),
                "correct": float(c), "hallucinated": float(h)} for p, g, c, h in zip(probes, probe_gen, ok, bad)]
@@ -63,10 +65,13 @@ def check_templates(tokenizer_sha: str, chatml_sha: str, adapter_sha: str, adapt
 
 
 def adapter_sha(adapter_dir: Path) -> str:
-    """sha256 of the adapter's weights (the generation cache's key for the tuned side)."""
+    """sha256 of the adapter's weights and config (alpha, target modules): the tuned side's generation key."""
+    weights = sorted(adapter_dir.glob("adapter_model.*"))
+    if not weights:
+        raise UserError(f"{adapter_dir} has no adapter_model.* weights: run `dvc repro train`")
     h = hashlib.sha256()
-    for path in sorted(adapter_dir.glob("adapter_model.*")):
-        h.update(path.read_bytes())
+    for path in [*weights, adapter_dir / "adapter_config.json"]:
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
     return h.hexdigest()
 
 
@@ -91,14 +96,29 @@ def statistics(items: list[dict], params: EvalParams, judge_summary: dict | None
             per_metric[name] = paired_stats([b for b, _ in pairs], [t for _, t in pairs], higher_is_better=higher,
                                             n_boot=params.bootstrap, seed=params.seed)
     outcomes = [i["judge"]["outcome"] for i in items if i.get("judge") and i["judge"]["outcome"] is not None]
-    judge = win_rate(outcomes, n_boot=params.bootstrap, seed=params.seed) if judge_summary else None
+    judge = win_rate(outcomes, n_boot=params.bootstrap, seed=params.seed) if outcomes else None
     v = params.verdict
     if v.metric not in per_metric:
-        raise UserError(f"eval.verdict.metric={v.metric!r} has no paired values in this run: pick one of "
-                        f"{sorted(per_metric)}" + (" (eval.judge.enabled is false)" if v.metric == "judge" else ""))
+        kind = PAIRED.get(v.metric, ("", True))[0]
+        why = ("eval.judge.enabled is false" if v.metric == "judge" and judge_summary is None else
+               "the judge answered no item" if v.metric == "judge" else
+               f"this run has no {kind} items (data/split/{'test' if kind == 'test' else 'probes'}.jsonl is empty)"
+               if kind else f"pick one of {sorted(PAIRED)}")
+        raise UserError(f"eval.verdict.metric={v.metric!r} has no paired values: {why}")
     primary = per_metric[v.metric]
+    extra = []
+    informative = judge
+    if judge and judge_summary and judge_summary["inconsistency"] > params.judge.max_inconsistency:
+        # Its verdicts follow the answers' order, not their content: a tie by construction, not evidence.
+        informative = None
+        extra = [f"judge left out: its verdict changed with the answers' order on "
+                 f"{judge_summary['inconsistency']:.0%} of items (eval.judge.max_inconsistency "
+                 f"{params.judge.max_inconsistency:.0%})"]
+    elif judge_summary and not judge:
+        extra = [f"judge unavailable: 0 of {judge_summary['items']} items judged"]
     decision, reasons = verdict(primary, p_max=v.p_max, min_effect=v.min_effect,
-                                min_improvement=v.min_improvement, judge=judge)
+                                min_improvement=v.min_improvement, judge=informative)
+    reasons = reasons + extra
     nan = float("nan")
     headline = {
         "verdict": decision, "reasons": reasons, "metric": v.metric,
@@ -113,7 +133,7 @@ def statistics(items: list[dict], params: EvalParams, judge_summary: dict | None
             "judge_inconsistency": judge_summary["inconsistency"] if judge_summary else nan,
             "judge_first_position_preference": judge_summary["first_position_preference"] if judge_summary else nan,
         },
-        "judge": {**(judge_summary or {}), **(judge or {})} if judge_summary else None,
+        "judge": {**judge_summary, **(judge or {}), "in_verdict": informative is not None} if judge_summary else None,
     }
     return per_metric, headline
 
@@ -192,10 +212,11 @@ def plot_rows(result: dict) -> tuple[list[dict], list[dict]]:
                 if not (isinstance(value, float) and math.isnan(value)):
                     bars.append({"source": group, "metric": metric, "model": side, "value": value, "n": entry["n"]})
     j = result.get("judge") or {}
+    # "tie": the same verdict in both orders (identical answers included); "flips with order": any change
     judge = [{"outcome": "tuned wins", "count": j.get("tuned_wins", 0)},
              {"outcome": "base wins", "count": j.get("base_wins", 0)},
              {"outcome": "tie", "count": j.get("ties_both_orders", 0)},
-             {"outcome": "flips with order", "count": j.get("flips_with_order", 0)}]
+             {"outcome": "flips with order", "count": j.get("flips_with_order", 0) + j.get("tie_in_one_order", 0)}]
     return bars, judge
 
 

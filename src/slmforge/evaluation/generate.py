@@ -32,9 +32,14 @@ def generation_store() -> Path:
     return Path(root) / "generations"
 
 
+GENERATION_VERSION = 1  # part of every key: bump it when generate() changes what it returns for a prompt
+
+
 def generation_key(model_fingerprint: str, adapter_sha: str | None, prompt: str, max_new_tokens: int) -> str:
-    """sha256(model fingerprint, adapter hash, prompt, decoding): greedy decoding, so nothing else shapes it."""
-    material = {"model": model_fingerprint, "adapter": adapter_sha, "prompt": prompt,
+    """sha256(model fingerprint, adapter hash, prompt, decoding, code version): greedy decoding, so nothing else
+    shapes the answer (library versions and batch composition aside: left-padded batches may move a logit in
+    the last digits)."""
+    material = {"v": GENERATION_VERSION, "model": model_fingerprint, "adapter": adapter_sha, "prompt": prompt,
                 "decoding": {"greedy": True, "max_new_tokens": max_new_tokens}}
     return hashlib.sha256(json.dumps(material, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 

@@ -2,7 +2,8 @@
 
 A judge that prefers whichever answer comes first (a known bias of LLM judges) would otherwise decide the
 comparison by the order we happen to use. Each item is asked twice, base first and tuned first; a verdict
-that flips with the order is a tie, and how often that happens is reported as the judge's inconsistency.
+that changes with the order is a tie, and how often that happens is reported as the judge's inconsistency.
+Two identical answers are a tie without asking anyone.
 """
 
 from __future__ import annotations
@@ -40,19 +41,26 @@ def judge_items(items: list[dict], oracle, domain: str, params: JudgeParams) -> 
     if params.max_items:
         items = items[: params.max_items]
     system = judge_system(domain)
-    requests = []
-    for item in items:
+    same = [i["base"]["generation"].strip() == i["tuned"]["generation"].strip() for i in items]
+    requests, where = [], {}
+    for k, item in enumerate(items):
+        if same[k]:
+            continue
         base, tuned = item["base"]["generation"], item["tuned"]["generation"]
+        where[k] = len(requests)
         requests.append(judge_request(f"{item['id']}#base_first", item["question"], item["reference"], base, tuned,
                                       system))
         requests.append(judge_request(f"{item['id']}#tuned_first", item["question"], item["reference"], tuned, base,
                                       system))
-    answers = oracle.ask(requests, desc="evaluate: judge")
+    answers = oracle.ask(requests, desc="evaluate: judge") if requests else []
     judged, positions = [], []
     for k, item in enumerate(items):
+        if same[k]:
+            judged.append({"id": item["id"], "outcome": "tie", "consistent": True, "identical": True})
+            continue
         verdicts = {}
         for j, order in enumerate(ORDERS):
-            ans = answers[2 * k + j]
+            ans = answers[where[k] + j]
             if ans is None:
                 verdicts[order] = None
                 continue
@@ -62,16 +70,20 @@ def judge_items(items: list[dict], oracle, domain: str, params: JudgeParams) -> 
         outcome, consistent = combine(*(v["winner"] if v else None for v in verdicts.values()))
         judged.append({"id": item["id"], "outcome": outcome, "consistent": consistent, **verdicts})
     done = [j for j in judged if j["outcome"] is not None]
+    asked = [j for j in done if not j.get("identical")]
     decided = [p for p in positions if p != "tie"]
+    winners = lambda j: {j[o]["winner"] for o in ORDERS}  # noqa: E731
     summary = {
-        "items": len(items), "judged": len(done), "failed": len(items) - len(done),
+        "items": len(items), "judged": len(done), "failed": len(items) - len(done), "identical": sum(same),
         "tuned_wins": sum(j["outcome"] == "tuned" for j in done),
         "base_wins": sum(j["outcome"] == "base" for j in done),
         "ties_both_orders": sum(j["outcome"] == "tie" and j["consistent"] for j in done),
-        "flips_with_order": sum(not j["consistent"] for j in done),
+        # inconsistent: the winner swapped with the order, or one order a win and the other a tie
+        "flips_with_order": sum(not j["consistent"] and winners(j) == {"tuned", "base"} for j in done),
+        "tie_in_one_order": sum(not j["consistent"] and "tie" in winners(j) for j in done),
         # A consistent judge has no reason to favour a position: 0.5 here is no bias, 1.0 always the first.
         "first_position_preference": sum(p == "first" for p in decided) / len(decided) if decided else float("nan"),
-        "inconsistency": sum(not j["consistent"] for j in done) / len(done) if done else float("nan"),
+        "inconsistency": sum(not j["consistent"] for j in asked) / len(asked) if asked else float("nan"),
     }
     return judged, summary
 

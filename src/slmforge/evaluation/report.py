@@ -53,7 +53,8 @@ def render(result: dict, n_examples: int = 10) -> str:
                      f"{_num(m['delta_ci_high'], '+.4f')}] | {_p(m['wilcoxon_p'])} | {_num(m['cohens_d'], '+.3f')} | "
                      f"{_num(m['cliffs_delta'], '+.3f')} | {_num(m['relative_improvement'], '+.1%')} |")
     lines += ["", "Effect sizes are oriented: positive means the tuned model is better.", "",
-              "| aggregate | base | tuned |", "|---|---:|---:|"]
+              "Aggregates over all tokens or items (perplexity and token accuracy pooled over every reference token, "
+              "so they differ from the per-item means above):", "", "| aggregate | base | tuned |", "|---|---:|---:|"]
     for key in ("perplexity", "token_accuracy", "rouge_l", "probe_accuracy", "hallucination_rate", "format_compliance",
                 "eos_rate", "mean_length"):
         lines.append(f"| {key} | {_num(base.get(key))} | {_num(tuned.get(key))} |")
@@ -61,11 +62,14 @@ def render(result: dict, n_examples: int = 10) -> str:
     if j:
         lines += ["", "## Judge (pairwise, both orders)", "",
                   f"{j['items']} test items, each asked base-first and tuned-first; {j['failed']} could not be judged. "
-                  f"Tuned wins {j['tuned_wins']}, base wins {j['base_wins']}, ties in both orders {j['ties_both_orders']}, "
-                  f"verdicts that flip with the order (counted as ties) {j['flips_with_order']}. Inconsistency "
-                  f"{_num(j['inconsistency'], '.2f')}; the first position was preferred in "
-                  f"{_num(j['first_position_preference'], '.0%')} of the decided order-verdicts (50% is no position bias). "
-                  f"Sign test p {_p(j.get('sign_test_p'))}."]
+                  f"Identical answers (a tie, not asked) {j['identical']}. Tuned wins {j['tuned_wins']}, base wins "
+                  f"{j['base_wins']}, ties in both orders {j['ties_both_orders']}; counted as ties because the verdict "
+                  f"changed with the order: winner swapped {j['flips_with_order']}, a win in one order and a tie in the "
+                  f"other {j['tie_in_one_order']}. Inconsistency {_num(j['inconsistency'], '.2f')} of the items asked; "
+                  f"the first position was preferred in {_num(j['first_position_preference'], '.0%')} of the decided "
+                  f"order-verdicts (50% is no position bias). Sign test p {_p(j.get('sign_test_p'))}. "
+                  + ("The judge's win rate is part of the verdict." if j.get("in_verdict") else
+                     "**The judge is left out of the verdict** (see the reasons above).")]
     lines += ["", "## By source", "", "| source | n | metric | base | tuned |", "|---|---:|---|---:|---:|"]
     for group, entry in result["per_source"].items():
         for key in entry["base"]:
