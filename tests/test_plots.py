@@ -33,6 +33,8 @@ MARKS = {
     "Judge outcomes (tuned vs base)": "mark-rect",
     "Calibration - oracle score by stratum": "mark-symbol",
     "Calibration - oracle vs human gold": "mark-symbol",
+    "Scorer - predicted vs oracle": "mark-symbol",
+    "Scorer loss (MSE, train and validation)": "mark-line",
 }
 NO_GOLD = "no human gold labels among"
 EXTERNAL_LOAD = re.compile(r"""(?:\b(?:src|href)\s*=\s*["']?\s*|url\(\s*["']?|@import\s+["']?)(?:https?:)?//""", re.I)
@@ -41,13 +43,14 @@ EXTERNAL_LOAD = re.compile(r"""(?:\b(?:src|href)\s*=\s*["']?\s*|url\(\s*["']?|@i
 def write_fixtures(repo: Path, version: int, gold: bool) -> None:
     """Metrics files of the shape train and evaluate write; `version` shifts the numbers."""
     train = repo / "metrics/train/plots/metrics"
-    for sub in ("train", "eval"):
-        (train / sub).mkdir(parents=True, exist_ok=True)
     steps = range(0, 100, 5)
-    (train / "train/loss.tsv").write_text("step\tloss\n" + "".join(
-        f"{s}\t{3.5 / (1 + s / 20) + 0.1 * version}\n" for s in steps))
-    (train / "eval/loss.tsv").write_text("step\tloss\n" + "".join(
-        f"{s}\t{3.6 / (1 + s / 30) + 0.1 * version}\n" for s in steps[::4]))
+    for folder in (train, repo / "metrics/scorer_train/plots/metrics"):  # the chat adapter's and the scorer's
+        for sub in ("train", "eval"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        (folder / "train/loss.tsv").write_text("step\tloss\n" + "".join(
+            f"{s}\t{3.5 / (1 + s / 20) + 0.1 * version}\n" for s in steps))
+        (folder / "eval/loss.tsv").write_text("step\tloss\n" + "".join(
+            f"{s}\t{3.6 / (1 + s / 30) + 0.1 * version}\n" for s in steps[::4]))
     (train / "learning_rate.tsv").write_text("step\tlearning_rate\n" + "".join(
         f"{s}\t{2e-4 * (1 - s / 100)}\n" for s in steps))
 
@@ -70,6 +73,9 @@ def write_fixtures(repo: Path, version: int, gold: bool) -> None:
                                 "relevance": overall + 0.2, "correctness": overall - 0.1, "helpfulness": overall,
                                 "gold_overall": round(overall + 0.5, 1) if gold and i % 2 == 0 else None})
     (plots / "calibration.json").write_text(json.dumps(calibration, indent=1))
+    scorer = [{"id": f"t{i}", "dimension": d, "oracle": float(i % 11), "predicted": round(i % 11 * 0.8 + 1 + 0.1 * version, 3)}
+              for i in range(20) for d in ("relevance", "correctness", "helpfulness")]
+    (plots / "scorer_predictions.json").write_text(json.dumps(scorer, indent=1))
 
 
 def dvc(repo: Path, *args: str) -> str:

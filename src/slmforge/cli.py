@@ -1,7 +1,9 @@
 """The `slmforge` command: `compose` writes params.yaml from conf/; `chat` talks to base + adapter;
-`merge` exports a merged model; `doctor` says what this machine can run.
+`merge` exports a merged model; `score` scores records with the student scorer; `doctor` says what this
+machine can run.
 
-Run: slmforge chat | slmforge merge --out models/merged | slmforge doctor | slmforge compose [OVERRIDE ...]
+Run: slmforge chat | slmforge merge --out models/merged | slmforge score FILE --out OUT | slmforge doctor |
+slmforge compose [OVERRIDE ...]
 """
 
 from __future__ import annotations
@@ -104,6 +106,14 @@ def main(argv=None) -> None:
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
 
     sub.add_parser("doctor", help="what this machine can run: GPU, bitsandbytes, packages, DVC, keys")
+
+    p = sub.add_parser("score", help="score records with the trained student scorer (the oracle's cheap stand-in)")
+    p.add_argument("file", help="JSONL of chat rows ({id, messages}) or raw records ({id, prompt, response} / {id, text})")
+    p.add_argument("--out", required=True, help="JSONL written: {id, scores, overall, tier} per record")
+    p.add_argument("--scorer", default="models/scorer")
+    p.add_argument("--base", default="models/base")
+    p.add_argument("--pin", default="models/base.json")
+    p.add_argument("--batch-size", type=int, default=16)
     args = ap.parse_args(argv)
 
     def command() -> None:
@@ -129,6 +139,25 @@ def main(argv=None) -> None:
                 print(f"warning: {warning}", file=sys.stderr, flush=True)
             info = merge_adapter(args.base, args.pin, args.adapter, args.out, args.dtype)
             print(f"wrote {args.out}: {args.base} + {args.adapter} merged, {info['dtype']}")
+        elif args.command == "score":
+            from collections import Counter
+            from pathlib import Path
+
+            from slmforge.io import atomic_write_jsonl, read_jsonl
+            from slmforge.modeling import set_threads
+            from slmforge.scoring import load_scorer, predict
+
+            from slmforge.io import UserError
+
+            if not Path(args.file).is_file():
+                raise UserError(f"{args.file}: no such file (a JSONL of records to score)")
+            rows = read_jsonl(args.file)
+            set_threads()
+            model, tokenizer, card = load_scorer(Path(args.scorer), Path(args.base), Path(args.pin))
+            scores = predict(model, tokenizer, rows, card, args.batch_size)
+            atomic_write_jsonl(args.out, scores)
+            tiers = Counter(s["tier"] for s in scores)
+            print(f"scored {len(scores)} records -> {args.out}; tiers {dict(sorted(tiers.items()))}")
         elif args.command == "doctor":
             from slmforge.doctor import report
 

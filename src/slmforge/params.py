@@ -94,6 +94,35 @@ class EvalParams:
 
 
 @dataclass(frozen=True)
+class ScorerVerdictParams:
+    deploy_mae: float  # DEPLOY needs test MAE below this,
+    deploy_rmse: float  # RMSE below this,
+    deploy_max_dimension_mae: float  # no dimension's MAE above this,
+    deploy_max_gap: float  # and |test MAE - validation MAE| below this
+    fail_mae: float  # FAIL when test MAE is above this; REVIEW between
+
+
+@dataclass(frozen=True)
+class ScorerParams:
+    head_tokens: int  # a record longer than head + tail tokens keeps its first head and last tail tokens
+    tail_tokens: int
+    lora: LoraParams
+    epochs: float
+    max_steps: int  # -1: run `epochs`
+    batch_size: int
+    grad_accum: int
+    lr: float
+    warmup_ratio: float
+    weight_decay: float
+    max_grad_norm: float
+    eval_steps: int
+    logging_steps: int
+    max_train_examples: int  # 0: all
+    seed: int
+    verdict: ScorerVerdictParams
+
+
+@dataclass(frozen=True)
 class SplitParams:
     salt: str
     fractions: dict[str, float]
@@ -389,6 +418,7 @@ SECTIONS: dict[str, type] = {
     "lora": LoraParams,
     "train": TrainParams,
     "eval": EvalParams,
+    "scorer": ScorerParams,
     "split": SplitParams,
     "chatml": ChatmlParams,
     "clean": CleanParams,

@@ -51,7 +51,8 @@ def keyword_judge(body: dict) -> str:
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
-    edits = {"train: cpu": "train: tiny", "eval: default": "eval: tiny", "oracle: local": "oracle: claude"}
+    edits = {"train: cpu": "train: tiny", "eval: default": "eval: tiny", "scorer: default": "scorer: tiny",
+             "oracle: local": "oracle: claude"}
     return copy_project(tmp_path_factory.mktemp("e2e_claude"), edits)
 
 

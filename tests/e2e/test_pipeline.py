@@ -73,18 +73,19 @@ def copy_project(top: Path, config_edits: dict[str, str]) -> Path:
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
     return copy_project(tmp_path_factory.mktemp("e2e"), {"train: cpu": "train: tiny", "eval: default": "eval: tiny",
+                                                         "scorer: default": "scorer: tiny",
                                                          "sources: [sample]": "sources: [sample, files]"})
 
 
 def test_repro_runs_the_whole_dag(repo):
-    out = sh("dvc repro", repo).stdout
+    out = sh("dvc repro", repo, timeout=1800).stdout  # every stage, the local oracle labelling ~560 rows: minutes
     stages = ran(out)
     order = ["check_params", "collect@files", "collect@sample", "base", "clean", "synthesize", "chatml", "calibrate",
-             "label", "split", "train", "evaluate"]
+             "label", "split", "train", "evaluate", "train_scorer", "evaluate_scorer"]
     assert sorted(stages) == sorted(order), stages
     for before, after in [("clean", "synthesize"), ("base", "synthesize"), ("synthesize", "chatml"),
                           ("chatml", "calibrate"), ("calibrate", "label"), ("label", "split"), ("split", "train"),
-                          ("train", "evaluate")]:
+                          ("train", "evaluate"), ("split", "train_scorer"), ("train_scorer", "evaluate_scorer")]:
         assert stages.index(before) < stages.index(after), (before, after, stages)
     clean = json.loads((repo / "metrics/clean.json").read_text())
     assert clean["records_in"] == clean["kept"] + clean["rejected"] and clean["accounting_ok"]
@@ -140,6 +141,16 @@ def test_repro_runs_the_whole_dag(repo):
     page = (repo / "plots_page/index.html").read_text()
     assert "Judge outcomes" in page and "https://cdn" not in page
     shutil.rmtree(repo / "plots_page")
+    scorer = json.loads((repo / "metrics/scorer.json").read_text())
+    assert scorer["verdict"] in ("DEPLOY", "REVIEW", "FAIL") and scorer["n_test"] == split["counts"]["test"]
+    assert set(scorer["per_dimension"]) == {"relevance", "correctness", "helpfulness"}
+    assert isinstance(scorer["mae"], float) and isinstance(scorer["rmse"], float)
+    assert (repo / "reports/scorer.md").read_text().startswith("# Student scorer against the oracle")
+    # the cheap stand-in for the oracle scores the split's holdout
+    out = sh("slmforge score data/split/test.jsonl --out scored.jsonl", repo).stdout
+    scored = [json.loads(line) for line in (repo / "scored.jsonl").read_text().splitlines()]
+    assert len(scored) == scorer["n_test"] and all(s["tier"] for s in scored), out
+    (repo / "scored.jsonl").unlink()
     card = (repo / "models/adapter/README.md").read_text()
     assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in card
     assert not list((repo / "checkpoints/train").glob("*/checkpoint-*"))  # cleaned after success
