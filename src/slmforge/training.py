@@ -123,12 +123,12 @@ def _dvclive_callback(live):
         TrainingArguments field as params, machine paths included; we keep metrics to numbers.)"""
 
         def on_log(self, args, state, control, logs=None, **kwargs):
+            live.step = state.global_step  # before logging: a value belongs to the step it was measured at
             for key, value in (logs or {}).items():
                 if key in {"loss", "eval_loss", "learning_rate", "grad_norm", "eval_mean_token_accuracy",
                            "mean_token_accuracy"} and isinstance(value, (int, float)):
                     name = {"loss": "train/loss", "eval_loss": "eval/loss"}.get(key, key.replace("eval_", "eval/"))
                     live.log_metric(name, float(value), timestamp=False)
-            live.step = state.global_step
             live.make_summary()
 
     return DvcLiveLogger()
