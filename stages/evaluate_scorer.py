@@ -12,7 +12,7 @@ from slmforge.evaluation.compare import json_safe
 from slmforge.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl
 from slmforge.params import check_params_fresh, load_params
 from slmforge.runner import run
-from slmforge.scorer_eval import evaluate, plot_rows, report_markdown
+from slmforge.scorer_eval import evaluate, mean_baseline, plot_rows, report_markdown
 from slmforge.scoring import load_scorer, predict
 
 
@@ -35,14 +35,19 @@ def main(argv=None):
     labels = {lab["id"]: lab for lab in read_jsonl(args.labels)}
     model, tokenizer, card = load_scorer(Path(args.scorer), Path(args.base), Path(args.pin))
     val = predict(model, tokenizer, read_jsonl(split / "val.jsonl"), card, params.batch_size, "score val")
-    test = predict(model, tokenizer, read_jsonl(split / "test.jsonl"), card, params.batch_size, "score test")
-    result = evaluate(val, test, labels, rubric, params.verdict, json.loads(Path(args.calibration).read_text()))
+    test_rows = read_jsonl(split / "test.jsonl")
+    test = predict(model, tokenizer, test_rows, card, params.batch_size, "score test")
+    baseline = mean_baseline([r["id"] for r in read_jsonl(split / "train.jsonl")], labels, rubric,
+                             [r["id"] for r in test_rows])
+    result = evaluate(val, test, labels, rubric, params.verdict, json.loads(Path(args.calibration).read_text()),
+                      baseline)
     atomic_write_jsonl(args.scores, test)
     atomic_write_text(args.plot, json.dumps(plot_rows(test, labels, list(rubric.dimensions)), indent=1) + "\n")
     atomic_write_text(args.report, report_markdown(result))
     atomic_write_json(args.metrics, json_safe(result))
-    print(f"evaluate_scorer: {result['verdict']}: test MAE {result['mae']:.3f}, RMSE {result['rmse']:.3f}, tier "
-          f"accuracy {result['tier_accuracy']:.1%} on {result['n_test']} rows -> {args.report}")
+    print(f"evaluate_scorer: {result['verdict']}: test MAE {result['mae']:.3f} (train-mean baseline "
+          f"{result['mean_baseline']['mae']:.3f}), RMSE {result['rmse']:.3f}, tier accuracy {result['tier_accuracy']:.1%} "
+          f"on {result['n_test']} rows -> {args.report}")
 
 
 if __name__ == "__main__":

@@ -197,12 +197,22 @@ def test_verdict_rules(test, val, expected):
     assert len(reasons) >= 4
 
 
+def test_the_mean_baseline_predicts_the_train_means():
+    from slmforge.scorer_eval import mean_baseline
+    labels = {"a": {"scores": {"relevance": 8.0, "correctness": 6.0, "helpfulness": 4.0}},
+              "b": {"scores": {"relevance": 2.0, "correctness": 2.0, "helpfulness": 2.0}}, "c": {"scores": None}}
+    (p,) = mean_baseline(["a", "b", "c"], labels, RUBRIC, ["t"])
+    assert p["id"] == "t" and p["scores"] == {"relevance": 5.0, "correctness": 4.0, "helpfulness": 3.0}
+
+
 def test_evaluate_carries_the_oracles_noise_and_a_report():
     labels = {"a": {"scores": {"relevance": 8.0, "correctness": 6.0, "helpfulness": 4.0}}}
     p = [pred("a", {"relevance": 7.5, "correctness": 6.0, "helpfulness": 4.5})]
     calibration = {"sample": {"self_consistency_mad": 0.4, "self_consistency_mad_by_dimension": {"relevance": 0.3},
                               "self_consistency_n": 10}}
-    r = evaluate(p, p, labels, RUBRIC, V, calibration)
+    r = evaluate(p, p, labels, RUBRIC, V, calibration, [pred("a", {d: 5.0 for d in DIMS})])
     assert r["verdict"] == "DEPLOY" and r["oracle_noise"]["self_consistency_mad"] == 0.4
+    assert r["mean_baseline"]["mae"] == pytest.approx((3 + 1 + 1) / 3)
     text = report_markdown(r)
+    assert "train split's mean score" in text
     assert text.startswith("# Student scorer against the oracle: **DEPLOY**") and "| relevance |" in text

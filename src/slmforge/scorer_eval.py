@@ -66,9 +66,20 @@ def verdict(test: dict, val: dict, v: ScorerVerdictParams) -> tuple[str, list[st
     return "REVIEW", reasons, gap
 
 
+def mean_baseline(train_ids: list[str], labels: dict[str, dict], rubric: RubricParams, ids: list[str]) -> list[dict]:
+    """The scorer a model must beat: every record gets the train split's mean oracle score on each dimension.
+    (With an oracle that gives every record nearly the same score, this alone has a small error.)"""
+    scored = [labels[i]["scores"] for i in train_ids if labels.get(i, {}).get("scores")]
+    means = {d: sum(s[d] for s in scored) / len(scored) if scored else float("nan") for d in rubric.dimensions}
+    overall = overall_score(means, rubric) if scored else float("nan")
+    return [{"id": i, "scores": means, "overall": overall, "tier": tier_of(overall, rubric) if scored else "reject"}
+            for i in ids]
+
+
 def evaluate(val_pred: list[dict], test_pred: list[dict], labels: dict[str, dict], rubric: RubricParams,
-             v: ScorerVerdictParams, calibration: dict | None) -> dict:
+             v: ScorerVerdictParams, calibration: dict | None, baseline_pred: list[dict] | None = None) -> dict:
     test, val = compare(test_pred, labels, rubric), compare(val_pred, labels, rubric)
+    base = compare(baseline_pred, labels, rubric) if baseline_pred is not None else None
     decision, reasons, gap = verdict(test, val, v)
     sample = (calibration or {}).get("sample") or {}
     return {
@@ -77,6 +88,8 @@ def evaluate(val_pred: list[dict], test_pred: list[dict], labels: dict[str, dict
         "confusion": test["confusion"], "n_test": test["n"], "n_val": val["n"],
         "val": {"mae": val["mae"], "rmse": val["rmse"], "tier_accuracy": val["tier_accuracy"]}, "gap": gap,
         # The floor: how far the oracle lands from itself when asked the same record twice (calibration).
+        "mean_baseline": {"mae": base["mae"], "rmse": base["rmse"], "tier_accuracy": base["tier_accuracy"]}
+        if base else None,
         "oracle_noise": {"self_consistency_mad": sample.get("self_consistency_mad"),
                          "by_dimension": sample.get("self_consistency_mad_by_dimension"),
                          "n": sample.get("self_consistency_n")},
@@ -96,7 +109,10 @@ def report_markdown(result: dict) -> str:
              f"On {result['n_test']} test rows (validation {result['n_val']}): MAE {result['mae']:.3f}, RMSE "
              f"{result['rmse']:.3f}, tier accuracy {result['tier_accuracy']:.1%}; validation MAE {result['val']['mae']:.3f} "
              f"(gap {result['gap']:.3f}). The oracle's own noise (mean absolute difference when asked the same record "
-             f"twice, from calibration): {noise['self_consistency_mad']} on {noise['n']} records.", "",
+             f"twice, from calibration): {noise['self_consistency_mad']} on {noise['n']} records." +
+             (f" Predicting the train split's mean score on every dimension instead: MAE "
+              f"{result['mean_baseline']['mae']:.3f}, RMSE {result['mean_baseline']['rmse']:.3f}."
+              if result.get("mean_baseline") else ""), "",
              "| dimension | MAE | RMSE | Spearman | oracle self-consistency MAD |", "|---|---:|---:|---:|---:|"]
     for d, e in result["per_dimension"].items():
         floor = (noise.get("by_dimension") or {}).get(d)

@@ -145,6 +145,7 @@ def test_repro_runs_the_whole_dag(repo):
     assert scorer["verdict"] in ("DEPLOY", "REVIEW", "FAIL") and scorer["n_test"] == split["counts"]["test"]
     assert set(scorer["per_dimension"]) == {"relevance", "correctness", "helpfulness"}
     assert isinstance(scorer["mae"], float) and isinstance(scorer["rmse"], float)
+    assert isinstance(scorer["mean_baseline"]["mae"], float) and "self_consistency_mad" in scorer["oracle_noise"]
     assert (repo / "reports/scorer.md").read_text().startswith("# Student scorer against the oracle")
     # the cheap stand-in for the oracle scores the split's holdout
     out = sh("slmforge score data/split/test.jsonl --out scored.jsonl", repo).stdout
