@@ -24,8 +24,9 @@ venv: $(VENV)/.synced
 
 repro: venv
 	dvc repro
-	@echo "--- metrics ---"
-	@dvc metrics show metrics/eval.json
+	@echo "--- verdicts (reports/eval.md and reports/scorer.md have the rest) ---"
+	@head -n 3 reports/eval.md
+	@head -n 3 reports/scorer.md
 
 test: venv
 	python -m pytest -q

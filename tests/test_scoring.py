@@ -197,6 +197,12 @@ def test_verdict_rules(test, val, expected):
     assert len(reasons) >= 4
 
 
+def test_a_scorer_no_better_than_the_train_mean_is_not_deployed():
+    decision, reasons, _ = verdict(result(0.8), result(0.7), V, baseline=result(0.75))
+    assert decision == "REVIEW" and "no better than predicting the train mean (MAE 0.750)" in reasons
+    assert verdict(result(0.8), result(0.7), V, baseline=result(0.9))[0] == "DEPLOY"
+
+
 def test_the_mean_baseline_predicts_the_train_means():
     from slmforge.scorer_eval import mean_baseline
     labels = {"a": {"scores": {"relevance": 8.0, "correctness": 6.0, "helpfulness": 4.0}},

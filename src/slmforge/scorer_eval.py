@@ -43,10 +43,12 @@ def compare(predictions: list[dict], labels: dict[str, dict], rubric: RubricPara
             "confusion": confusion}
 
 
-def verdict(test: dict, val: dict, v: ScorerVerdictParams) -> tuple[str, list[str], float]:
+def verdict(test: dict, val: dict, v: ScorerVerdictParams, baseline: dict | None = None) -> tuple[str, list[str], float]:
     """(DEPLOY | REVIEW | FAIL, reasons, validation/test gap). DEPLOY when test MAE < deploy_mae, RMSE <
-    deploy_rmse, no dimension's MAE above deploy_max_dimension_mae and |test MAE - val MAE| < deploy_max_gap;
-    FAIL when test MAE > fail_mae (or nothing could be measured); REVIEW otherwise."""
+    deploy_rmse, no dimension's MAE above deploy_max_dimension_mae and |test MAE - val MAE| < deploy_max_gap,
+    and (given the train-mean baseline) the scorer's MAE is below the baseline's: a scorer no better than a
+    constant has learned nothing worth deploying. FAIL when test MAE > fail_mae (or nothing could be measured);
+    REVIEW otherwise."""
     gap = abs(test["mae"] - val["mae"])
     worst_dim, worst = max(((d, e["mae"]) for d, e in test["per_dimension"].items()), key=lambda x: x[1],
                            default=(None, float("nan")))
@@ -58,6 +60,10 @@ def verdict(test: dict, val: dict, v: ScorerVerdictParams) -> tuple[str, list[st
          f"{v.deploy_max_dimension_mae}"),
         (gap < v.deploy_max_gap, f"validation/test gap {gap:.3f} {'<' if gap < v.deploy_max_gap else '>='} {v.deploy_max_gap}"),
     ]
+    if baseline is not None:
+        beats = test["mae"] < baseline["mae"]
+        checks.append((beats, f"{'better' if beats else 'no better'} than predicting the train mean (MAE "
+                              f"{baseline['mae']:.3f})"))
     reasons = [text for _, text in checks]
     if not test["n"] or math.isnan(test["mae"]) or test["mae"] > v.fail_mae:
         return "FAIL", [f"test MAE {test['mae']:.3f} > {v.fail_mae} (scorer.verdict.fail_mae)", *reasons], gap
@@ -80,7 +86,7 @@ def evaluate(val_pred: list[dict], test_pred: list[dict], labels: dict[str, dict
              v: ScorerVerdictParams, calibration: dict | None, baseline_pred: list[dict] | None = None) -> dict:
     test, val = compare(test_pred, labels, rubric), compare(val_pred, labels, rubric)
     base = compare(baseline_pred, labels, rubric) if baseline_pred is not None else None
-    decision, reasons, gap = verdict(test, val, v)
+    decision, reasons, gap = verdict(test, val, v, base)
     sample = (calibration or {}).get("sample") or {}
     return {
         "verdict": decision, "reasons": reasons, "mae": test["mae"], "rmse": test["rmse"],
