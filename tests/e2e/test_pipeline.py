@@ -129,7 +129,8 @@ def test_repro_runs_the_whole_dag(repo):
     assert judge["items"] == metrics["base"]["items"] and judge["judged"] + judge["failed"] == judge["items"]
     # each test item in both orders, but two identical answers are a tie without a call
     assert 0 < metrics["oracle"]["calls"] <= 2 * (judge["items"] - judge["identical"]), (metrics["oracle"], judge)
-    assert {"sample:stackexchange", "sample:facts"} <= set(metrics["per_source"])
+    # the tiny profile's first test items may all come from one origin; the probes are facts
+    assert "sample:facts" in metrics["per_source"] and len(metrics["per_source"]) >= 2, metrics["per_source"]
     assert metrics["overfitting"]["last_step"] >= metrics["overfitting"]["best_step"]
     report = (repo / "reports/eval.md").read_text()
     assert report.startswith(f"# Evaluation: **{metrics['verdict']}**") and "probe_accuracy" in report
@@ -179,6 +180,8 @@ def test_forced_rerun_of_the_oracle_stages_makes_zero_calls(repo):
     # the answers are the same, so nothing downstream of label changed
     status = sh("dvc status split", repo).stdout
     assert "up to date" in status.lower(), status
+    # calibrate's metrics changed (its timings), and evaluate_scorer reads the oracle's noise from them: only it
+    assert ran(sh("dvc repro", repo).stdout) == ["evaluate_scorer"]
     sh("git add -A && git commit -qm forced", repo)
 
 
@@ -229,7 +232,8 @@ def test_param_change_runs_exactly_train_and_evaluate_and_a_killed_train_resumes
     stale = sh("dvc repro", repo, check=False)
     assert stale.returncode != 0 and ran(stale.stdout) == ["check_params"], stale.stdout
     errors = [line for line in stale.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "params.yaml is stale" in errors[0] and "lora.r" in errors[0], stale.stderr
+    assert len(errors) == 1 and "params.yaml is stale" in errors[0], stale.stderr
+    assert any(key in errors[0] for key in ("lora.r", "train.max_steps", "eval.judge.enabled")), errors[0]
     sh("python -m slmforge.cli compose", repo)
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("DVC_")}
