@@ -111,8 +111,6 @@ def train_scorer(*, train_rows: list[dict], val_rows: list[dict], labels: dict[s
     model = get_peft_model(model, LoraConfig(
         r=params.lora.r, lora_alpha=params.lora.alpha, lora_dropout=params.lora.dropout,
         target_modules=params.lora.target_modules, task_type="SEQ_CLS", bias="none"))  # SEQ_CLS: the head is saved
-    import torch
-
     with torch.no_grad():  # a zero head starts every score at the scale's bottom, not at a random +-1 (10 points)
         model.base_model.model.score.modules_to_save["default"].weight.zero_()
     args = TrainingArguments(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -28,8 +27,9 @@ def reference(row: dict) -> str:
 def generation_store() -> Path:
     """Generations are kept outside the repository, like the oracle's answers: DVC deletes evaluate's outputs
     before it runs the stage, and a change to the judge or the report must not regenerate anything."""
-    root = os.environ.get("SLMFORGE_CACHE") or Path.home() / ".cache" / "slmforge"
-    return Path(root) / "generations"
+    from slmforge.oracle.cache import store_dir
+
+    return store_dir().parent / "generations"  # beside the oracle's store: one $SLMFORGE_CACHE for both
 
 
 GENERATION_VERSION = 1  # part of every key: bump it when generate() changes what it returns for a prompt
