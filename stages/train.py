@@ -2,12 +2,15 @@
 
 Run: dvc repro train   (python -m stages.train --split-dir data/split --adapter models/adapter ...)
 Checkpoints live in --checkpoints, which is not a DVC output, so a killed run resumes on the next repro.
+With train.distributed set, it runs itself again through `accelerate launch --config_file conf/accelerate/NAME.yaml`.
 """
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
+from slmforge.distributed import relaunch
 from slmforge.io import read_jsonl
 from slmforge.params import check_params_fresh, load_params
 from slmforge.runner import run
@@ -25,17 +28,24 @@ def main(argv=None):
     ap.add_argument("--checkpoints", required=True)
     args = ap.parse_args(argv)
     check_params_fresh()
+    params = load_params("train")
+    code = relaunch(params.distributed, "stages.train", sys.argv[1:] if argv is None else list(argv))
+    if code is not None:  # the launched processes did the work
+        sys.exit(code)
     split = Path(args.split_dir)
     files = [split / "train.jsonl", split / "val.jsonl"]
     summary = train(
         train_rows=read_jsonl(files[0]), val_rows=read_jsonl(files[1]), data_files=files,
-        model_params=load_params("model"), lora=load_params("lora"), params=load_params("train"),
+        model_params=load_params("model"), lora=load_params("lora"), params=params,
         base_dir=Path(args.base), base_json=Path(args.pin), adapter_dir=Path(args.adapter),
         metrics_dir=Path(args.metrics_dir), checkpoint_root=Path(args.checkpoints),
         expected_template_sha=json.loads(Path(args.chatml_metrics).read_text())["template_sha256"],
     )
+    if summary is None:  # not the main process: it writes nothing and says nothing
+        return
     print(f"train: eval loss {summary['eval_loss']:.4f} (best {summary['best_eval_loss']:.4f} at step "
-          f"{summary['best_step']}), gap {summary['train_eval_gap']:+.3f} -> {args.adapter}")
+          f"{summary['best_step']}), gap {summary['train_eval_gap']:+.3f}, {summary['world_size']} process(es) "
+          f"-> {args.adapter}")
 
 
 if __name__ == "__main__":

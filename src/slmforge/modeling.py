@@ -130,7 +130,9 @@ def compute_dtype(name: str):
     return {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}[name]
 
 
-def quantization_config(params: ModelParams):
+def quantization_config(params: ModelParams, quant_storage=None):
+    """NF4 with double quantisation; `quant_storage` (a float dtype) packs the 4-bit values into a dtype FSDP can
+    shard (its default, uint8, cannot be sharded)."""
     from transformers import BitsAndBytesConfig
 
     if not params.load_in_4bit:
@@ -140,6 +142,7 @@ def quantization_config(params: ModelParams):
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=compute_dtype(params.compute_dtype),
+        **({"bnb_4bit_quant_storage": quant_storage} if quant_storage is not None else {}),
     )
 
 
@@ -161,24 +164,47 @@ def disable_cpu_repack(model) -> int:
 
 
 def load_base(params: ModelParams, base_dir: str | Path, base_json: str | Path, for_training: bool = False):
-    """The base model (4-bit NF4 when params say so) and its tokenizer, from what the base stage made."""
+    """The base model (4-bit NF4 when params say so) and its tokenizer, from what the base stage made.
+
+    For training under `accelerate launch` each process places the model itself: DDP on its own GPU
+    (device_map {"": local_rank}); FSDP with no device_map and the 4-bit weights stored in the compute dtype, so
+    FSDP shards them and the launcher's CPU-RAM-efficient loading materialises them once (PEFT's FSDP-QLoRA guide).
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from slmforge.distributed import context
+
     where, revision = resolve_base(base_dir, base_json)
-    quant = quantization_config(params)
-    device_map = {"": 0} if torch.cuda.is_available() else {"": "cpu"}
+    dtype = compute_dtype(params.compute_dtype)
+    fsdp = for_training and context().fsdp
+    quant = quantization_config(params, quant_storage=dtype if fsdp else None)
+    if fsdp:
+        device_map = None
+    elif torch.cuda.is_available():
+        device_map = {"": context().local_rank if for_training else 0}
+    else:
+        device_map = {"": "cpu"}
     kwargs = {"revision": revision} if revision else {}
     tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(
-        where, quantization_config=quant, dtype=compute_dtype(params.compute_dtype) if quant else torch.float32,
+        where, quantization_config=quant, dtype=dtype if quant else torch.float32,
         device_map=device_map, attn_implementation="sdpa", **kwargs,
     )
     if quant is not None and for_training:
-        disable_cpu_repack(model)
+        disable_cpu_repack(model)  # on every rank: each process trains its own copy of the 4-bit layers
     return model, tokenizer
+
+
+def set_threads(processes: int = 1) -> None:
+    """Use every core the process may run on (torch defaults can undercount inside containers), shared
+    evenly among `processes` processes of one run on this machine."""
+    import torch
+
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    torch.set_num_threads(max(1, n // max(1, processes)))
 
 
 def template_fingerprint(tokenizer) -> str:
@@ -186,11 +212,3 @@ def template_fingerprint(tokenizer) -> str:
     blob = json.dumps({"template": tokenizer.chat_template, "eos": tokenizer.eos_token,
                        "pad": tokenizer.pad_token}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def set_threads() -> None:
-    """Use every core the process may run on (torch defaults can undercount inside containers)."""
-    import torch
-
-    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    torch.set_num_threads(max(1, n))

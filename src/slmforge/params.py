@@ -60,6 +60,7 @@ class TrainParams:
     logging_steps: int
     seed: int
     max_train_examples: int  # 0: all; tiny profiles cap it
+    distributed: str | None  # null: one process; else a config in conf/accelerate/ (ddp, fsdp_qlora, ddp_cpu)
 
 
 @dataclass(frozen=True)

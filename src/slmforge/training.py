@@ -1,10 +1,15 @@
-"""QLoRA supervised fine-tuning with TRL: assistant-only loss, packing, early stopping, resumable checkpoints."""
+"""QLoRA supervised fine-tuning with TRL: assistant-only loss, packing, early stopping, resumable checkpoints.
+
+Rank-aware: under `accelerate launch` (train.distributed) every process trains its share of the rows and only the
+main process writes the adapter, the dvclive metrics and the summary.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import math
+import os
 import shutil
 import time
 from pathlib import Path
@@ -136,16 +141,19 @@ def _dvclive_callback(live):
 
 def train(*, train_rows: list[dict], val_rows: list[dict], data_files: list[Path], model_params: ModelParams,
           lora: LoraParams, params: TrainParams, base_dir: Path, base_json: Path, adapter_dir: Path,
-          metrics_dir: Path, checkpoint_root: Path, expected_template_sha: str) -> dict:
+          metrics_dir: Path, checkpoint_root: Path, expected_template_sha: str) -> dict | None:
+    """Train and save the adapter; returns the summary on the main process, None on the others."""
     import torch
     from dvclive import Live
     from peft import LoraConfig, get_peft_model
     from transformers import EarlyStoppingCallback, set_seed
     from trl import SFTConfig, SFTTrainer
 
+    from slmforge.distributed import context
     from slmforge.modeling import compute_dtype, load_base, set_threads, template_fingerprint
 
-    set_threads()
+    ctx = context()
+    set_threads(ctx.local_world_size)  # processes on one machine share its cores
     set_seed(params.seed)
     model, tokenizer = load_base(model_params, base_dir, base_json, for_training=True)
     template_sha = template_fingerprint(tokenizer)
@@ -207,20 +215,28 @@ def train(*, train_rows: list[dict], val_rows: list[dict], data_files: list[Path
         report_to="none",
         dataloader_num_workers=0,
         dataset_num_proc=None,
-        disable_tqdm=False,
+        disable_tqdm=not ctx.is_main,
+        # Several CPU processes talk over gloo (accelerate would pick MPI where torch has it); GPUs use NCCL.
+        ddp_backend="gloo" if ctx.distributed and not on_gpu else None,
+        ddp_find_unused_parameters=False if ctx.distributed else None,  # every LoRA weight gets a gradient
     )
 
-    metrics_dir.mkdir(parents=True, exist_ok=True)
-    live = Live(dir=str(metrics_dir), resume=resume is not None, save_dvc_exp=False, dvcyaml=None)
+    live = None
+    callbacks = [EarlyStoppingCallback(early_stopping_patience=params.early_stopping_patience)]
+    if ctx.is_main:  # one writer of metrics/train
+        metrics_dir.mkdir(parents=True, exist_ok=True)
+        live = Live(dir=str(metrics_dir), resume=resume is not None, save_dvc_exp=False, dvcyaml=None)
+        callbacks.append(_dvclive_callback(live))
     trainer = SFTTrainer(
         model=model, args=config, train_dataset=train_ds, eval_dataset=val_ds, processing_class=tokenizer,
-        callbacks=[EarlyStoppingCallback(early_stopping_patience=params.early_stopping_patience),
-                   _dvclive_callback(live)],
+        callbacks=callbacks,
     )
     start = time.time()
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     seconds = time.time() - start
     final_eval = trainer.evaluate()
+    ranks = _gather({"rank": ctx.rank, "pid": os.getpid(), "device": str(trainer.args.device),
+                     "steps": trainer.state.global_step, "train_seconds": round(seconds, 2)})
 
     history = trainer.state.log_history
     train_losses = [h["loss"] for h in history if "loss" in h]
@@ -244,25 +260,50 @@ def train(*, train_rows: list[dict], val_rows: list[dict], data_files: list[Path
         "train_samples_per_s": result.metrics.get("train_samples_per_second", 0.0),
         "perplexity_val": math.exp(min(final_eval["eval_loss"], 50)),
         "template_sha256": template_sha,
+        "world_size": ctx.world_size,
+        "distributed": params.distributed,
+        "load_in_4bit": model_params.load_in_4bit,
+        "ranks": ranks,
     }
+    save_adapter(trainer, tokenizer, adapter_dir, model_params=model_params, lora=lora, params=params,
+                 summary=summary, data_files=data_files, fingerprint=fingerprint, is_main=ctx.is_main)
+    if not ctx.is_main:
+        return None
     for key in ("train_loss", "eval_loss", "best_eval_loss", "train_eval_gap", "overfit_flag", "best_step",
-                "last_step", "resumed_from_step", "train_seconds"):
+                "last_step", "resumed_from_step", "train_seconds", "world_size"):
         live.summary[key] = summary[key]
     live.make_summary()
     live.end()
-
-    save_adapter(trainer, tokenizer, adapter_dir, model_params=model_params, lora=lora, params=params,
-                 summary=summary, data_files=data_files, fingerprint=fingerprint)
     # The adapter is safely in place: the checkpoints of this run are no longer needed for resuming.
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     return summary
 
 
+def _gather(obj: dict) -> list[dict]:
+    """`obj` from every process, in rank order (just [obj] in a one-process run)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    out: list = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def save_adapter(trainer, tokenizer, adapter_dir: Path, *, model_params: ModelParams, lora: LoraParams,
-                 params: TrainParams, summary: dict, data_files: list[Path], fingerprint: str) -> None:
+                 params: TrainParams, summary: dict, data_files: list[Path], fingerprint: str,
+                 is_main: bool = True) -> None:
+    # Under FSDP the LoRA weights are sharded: gathering them is collective (every rank takes part), then the
+    # main process writes them as a plain PEFT adapter. Under DDP every rank holds them all already.
+    state_dict = None
+    if getattr(trainer, "is_fsdp_enabled", False):
+        state_dict = trainer.accelerator.get_state_dict(trainer.model)
+    trainer.accelerator.wait_for_everyone()
+    if not is_main:
+        return
     data = {str(p): file_sha256(p) for p in data_files}
     with atomic_dir(adapter_dir) as tmp:
-        trainer.model.save_pretrained(tmp)
+        trainer.accelerator.unwrap_model(trainer.model).save_pretrained(tmp, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
         atomic_write_json(Path(tmp) / "slmforge_adapter.json", {
             "base_model": model_params.hub_id, "model": as_dict(model_params), "lora": as_dict(lora),
@@ -275,7 +316,7 @@ def save_adapter(trainer, tokenizer, adapter_dir: Path, *, model_params: ModelPa
 def model_card(model_params: ModelParams, lora: LoraParams, params: TrainParams, summary: dict,
                data: dict[str, str]) -> str:
     rows = "\n".join(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |"
-                     for k, v in summary.items() if k != "template_sha256")
+                     for k, v in summary.items() if k not in ("template_sha256", "ranks"))
     files = "\n".join(f"- `{name}`: sha256 `{sha[:16]}…`" for name, sha in data.items())
     return f"""---
 base_model: {model_params.hub_id}

@@ -1,0 +1,134 @@
+"""The train stage on two CPU processes through the real `accelerate launch` (DDP over gloo), on the tiny profile.
+
+dvc.yaml's command stays `python -m stages.train ...`; with train.distributed=ddp_cpu the stage relaunches itself
+under accelerate, both ranks train (world size 2 in the metrics, one record per rank), only rank 0 writes, and the
+adapter loads with plain peft. The 4-bit NF4 base is kept: bitsandbytes' CPU backend trains under DDP/gloo here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from slmforge.distributed import launch_command, relaunch
+from slmforge.io import UserError
+
+BIN = Path(sys.executable).parent
+STAGE_ARGS = ["--split-dir", "data/split", "--base", "models/base", "--pin", "models/base.json",
+              "--chatml-metrics", "metrics/chatml.json", "--adapter", "models/adapter", "--metrics-dir",
+              "metrics/train", "--checkpoints", "checkpoints/train"]
+
+
+def fact_rows(root: Path, phrasings: range, n_facts: int) -> list[dict]:
+    """Chat rows from the embedded fact table: real questions and answers of the sample domain."""
+    facts = [json.loads(line) for line in (root / "data/sample/facts.jsonl").read_text().splitlines()][:n_facts]
+    return [{"id": f"{f['fact_id']}:{i}", "source": "sample", "meta": {"origin": "facts"}, "provenance": {},
+             "messages": [{"role": "system", "content": "You answer questions about Quillmark's Lumen platform."},
+                          {"role": "user", "content": f["phrasings"][i]},
+                          {"role": "assistant", "content": f["response"]}]}
+            for f in facts for i in phrasings]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, root, base_model) -> Path:
+    """A project folder as the train stage sees it: conf/ (tiny profile, ddp_cpu), params.yaml, stages/, the base
+    model, a split of fact rows and chatml's template fingerprint."""
+    from transformers import AutoTokenizer
+
+    from slmforge.io import atomic_write_json, atomic_write_jsonl
+    from slmforge.modeling import template_fingerprint
+    from slmforge.params import compose_to_file
+
+    top = tmp_path_factory.mktemp("ddp") / "project"
+    shutil.copytree(root / "conf", top / "conf")
+    shutil.copytree(root / "stages", top / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    config = top / "conf/config.yaml"
+    config.write_text(config.read_text().replace("train: cpu", "train: tiny"))
+    tiny = top / "conf/train/tiny.yaml"
+    tiny.write_text(tiny.read_text().replace("distributed: null", "distributed: ddp_cpu"))
+    compose_to_file(top / "conf", top / "params.yaml")
+    shutil.copytree(base_model[0], top / "models/base")
+    shutil.copy(base_model[1], top / "models/base.json")
+    atomic_write_jsonl(top / "data/split/train.jsonl", fact_rows(root, range(0, 3), 8))
+    atomic_write_jsonl(top / "data/split/val.jsonl", fact_rows(root, range(3, 4), 8))
+    tokenizer = AutoTokenizer.from_pretrained(str(top / "models/base"))
+    if tokenizer.pad_token is None:  # as load_base does
+        tokenizer.pad_token = tokenizer.eos_token
+    atomic_write_json(top / "metrics/chatml.json", {"template_sha256": template_fingerprint(tokenizer)})
+    return top
+
+
+def run_stage(project: Path, *args: str) -> subprocess.CompletedProcess:
+    # As DVC runs it: a plain process, no launcher in its environment.
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("DVC_", "ACCELERATE_")) and k not in ("LOCAL_RANK", "RANK", "WORLD_SIZE")}
+    env.update(PATH=f"{BIN}:{env['PATH']}", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    return subprocess.run([sys.executable, "-m", "stages.train", *args], cwd=project, env=env,
+                          capture_output=True, text=True, timeout=900)
+
+
+def test_two_cpu_processes_train_one_adapter(project):
+    proc = run_stage(project, *STAGE_ARGS)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "relaunching through `accelerate launch --config_file conf/accelerate/ddp_cpu.yaml`" in proc.stdout
+    assert proc.stdout.count("train: eval loss") == 1, proc.stdout  # only rank 0 reports (and writes)
+    assert "2 process(es)" in proc.stdout
+
+    metrics = json.loads((project / "metrics/train/metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["last_step"] == 4, metrics
+    card = json.loads((project / "models/adapter/slmforge_adapter.json").read_text())["metrics"]
+    ranks = card["ranks"]
+    assert [r["rank"] for r in ranks] == [0, 1] and len({r["pid"] for r in ranks}) == 2, ranks
+    assert all(r["steps"] == 4 and r["device"].startswith("cpu") for r in ranks), ranks
+    assert card["distributed"] == "ddp_cpu" and card["load_in_4bit"] is True, card
+    assert not list((project / "checkpoints/train").glob("*/checkpoint-*"))  # cleaned after the adapter was saved
+
+    # the loss fell: training loss per step (averaged over both ranks) and validation loss across evaluations
+    def column(rel: str) -> list[float]:  # by step (the final evaluation logs the last step again)
+        lines = (project / "metrics/train/plots/metrics" / rel).read_text().splitlines()[1:]
+        return list({int(line.split("\t")[0]): float(line.split("\t")[-1]) for line in lines}.values())
+
+    train_loss, eval_loss = column("train/loss.tsv"), column("eval/loss.tsv")
+    assert len(train_loss) == 4 and len(eval_loss) == 2, (train_loss, eval_loss)
+    assert sum(train_loss[-2:]) < sum(train_loss[:2]) and eval_loss[-1] < eval_loss[0], (train_loss, eval_loss)
+
+    # the adapter is a plain PEFT adapter
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(str(project / "models/base"), dtype=torch.float32)
+    model = PeftModel.from_pretrained(base, str(project / "models/adapter"))
+    trained = [p for n, p in model.named_parameters() if "lora_B" in n]
+    assert trained and any(p.abs().sum() > 0 for p in trained)  # lora_B starts at zero: it moved
+
+
+def test_a_rank_that_fails_fails_the_stage_with_its_one_line(project):
+    proc = run_stage(project, *[a if a != "data/split" else "data/missing" for a in STAGE_ARGS])
+    assert proc.returncode != 0
+    assert "error: data/missing/train.jsonl: file not found" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_unknown_config_is_one_line_naming_the_known_ones(root, monkeypatch):
+    for name in ("LOCAL_RANK", "ACCELERATE_MIXED_PRECISION"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(UserError) as err:
+        relaunch("deepspeed", "stages.train", [], root / "conf/accelerate")
+    assert "conf/accelerate/deepspeed.yaml" in str(err.value)
+    assert "known: ddp, ddp_cpu, fsdp_qlora" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_no_relaunch_without_a_config_or_inside_a_launched_process(root, monkeypatch):
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert relaunch(None, "stages.train", []) is None
+    monkeypatch.setenv("LOCAL_RANK", "1")  # a rank the launcher started: it trains, it never launches again
+    assert relaunch("ddp_cpu", "stages.train", [], root / "conf/accelerate") is None
+    cmd = launch_command(root / "conf/accelerate/ddp.yaml", "stages.train", ["--x", "1"])
+    assert cmd[-6:] == ["--config_file", str(root / "conf/accelerate/ddp.yaml"), "-m", "stages.train", "--x", "1"]
