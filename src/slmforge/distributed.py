@@ -70,10 +70,23 @@ def launch_command(config: Path, module: str, argv: list[str]) -> list[str]:
 
 def relaunch(name: str | None, module: str, argv: list[str], conf_dir: str | Path = "conf/accelerate") -> int | None:
     """Run `module` again under `accelerate launch` when `name` asks for it and this process was not launched;
-    returns the launcher's exit code, or None when this process should train itself."""
-    if not name or launched():
+    returns the launcher's exit code, or None when this process should train itself (on its own GPU, if any)."""
+    if launched():
+        _use_own_gpu()
+        return None
+    if not name:
         return None
     config = accelerate_config(name, conf_dir)
     cmd = launch_command(config, module, argv)
     print(f"{module}: relaunching through `accelerate launch --config_file {config}`", flush=True)
     return subprocess.run(cmd, check=False).returncode
+
+
+def _use_own_gpu() -> None:
+    # Before anything touches CUDA: a launched process works on GPU LOCAL_RANK. DDP's device_map names it, but
+    # FSDP loads without one, and transformers then puts the 4-bit weights on the *current* device (GPU 0 for every
+    # rank unless this is set). The Trainer sets it only later, when its arguments are built.
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.set_device(context().local_rank)
