@@ -4,14 +4,18 @@ One module-scoped project; the tests run in file order and build on each other l
 repro (collect to evaluate, with the local oracle calibrating, labelling and synthesizing), no-op repro, a
 forced re-run of the oracle stages that makes zero calls, the adapter in a fresh process, a param change that
 re-runs exactly train and evaluate (killed mid-train and resumed), push and pull into a fresh clone whose
-empty answer store is refilled from DVC's cache, and an experiment queue.
+empty answer store is refilled from DVC's cache, an experiment queue with one worker and then two at once
+(same results, an intact cache), and an S3 remote on 127.0.0.1 (moto) from which a teammate's `dvc repro --pull`
+restores every stage through the run-cache without running one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
+import socket
 import signal
 import subprocess
 import sys
@@ -27,11 +31,12 @@ ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 
-def sh(cmd: str, cwd: Path, check: bool = True, timeout: int = 900, store: Path | None = None) -> subprocess.CompletedProcess:
+def sh(cmd: str, cwd: Path, check: bool = True, timeout: int = 900, store: Path | None = None,
+       extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DVC_")}
     # The oracle's answer store lives beside the repo (never in the user's ~/.cache during tests).
     env.update(PATH=f"{BIN}:{env['PATH']}", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1",
-               SLMFORGE_CACHE=str(store or cwd.parent / "store"))
+               SLMFORGE_CACHE=str(store or cwd.parent / "store"), **(extra_env or {}))
     proc = subprocess.run(cmd, shell=True, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"`{cmd}` failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
@@ -282,17 +287,26 @@ def test_push_then_pull_into_a_fresh_clone_restores_every_output(repo):
     assert (clone / "data/labels/labels.jsonl").read_bytes() == (repo / "data/labels/labels.jsonl").read_bytes()
 
 
+def run_queue(repo: Path, workers: int) -> tuple[str, int, float]:
+    """`dvc queue start -j workers`, waiting until the queue is empty: (final status, most experiments seen
+    running at once, seconds)."""
+    start = time.time()
+    sh(f"dvc queue start -j {workers}", repo)
+    deadline, most = start + 1500, 0
+    while True:
+        status = sh("dvc queue status", repo).stdout
+        most = max(most, sum(" Running " in f" {line} " for line in status.splitlines()))
+        if "Queued" not in status and "Running" not in status:
+            return status, most, time.time() - start
+        assert time.time() < deadline, status
+        time.sleep(3)
+
+
 def test_queued_sweep_runs_only_train_and_evaluate(repo):
     # every point differs from the baseline (r=8, lr=2e-4): a point equal to it would rightly run nothing
     sh("dvc exp run --queue -S 'lora.r=4,16' -S 'train.lr=1e-4,3e-4'", repo)
-    sh("dvc queue start -j 1", repo)
-    deadline = time.time() + 1500
-    while True:
-        status = sh("dvc queue status", repo).stdout
-        if "Queued" not in status and "Running" not in status:
-            break
-        assert time.time() < deadline, status
-        time.sleep(5)
+    status, _, seconds = run_queue(repo, 1)
+    (repo.parent / "timings.json").write_text(json.dumps({"j1_four_experiments_s": seconds}))
     assert status.count("Success") == 4, status
     exps = json.loads(sh("dvc exp show --json", repo).stdout)
     names = [e["name"] for row in exps for e in (row.get("experiments") or []) if e.get("name")]
@@ -302,3 +316,185 @@ def test_queued_sweep_runs_only_train_and_evaluate(repo):
         assert set(ran(log)) == {"train", "evaluate"}, (name, ran(log))
     diff = sh(f"dvc metrics diff HEAD {names[0]}", repo).stdout
     assert "metrics/eval.json" in diff
+
+
+# --- experiments run by two workers, and the cache they share ---------------------------------------------------
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True).stdout
+
+
+def experiment_refs(repo: Path) -> dict[str, str]:
+    """name -> commit of every experiment (refs/exps/<2 hex>/<baseline sha>/<name>)."""
+    refs = {}
+    for line in git(repo, "for-each-ref", "--format=%(refname) %(objectname)", "refs/exps").splitlines():
+        ref, sha = line.split()
+        if len(ref.split("/")) == 5:
+            refs[ref.rsplit("/", 1)[1]] = sha
+    return refs
+
+
+def cache_object(repo: Path, md5: str) -> Path:
+    return repo / ".dvc/cache/files/md5" / md5[:2] / md5[2:]
+
+
+def outs_of(repo: Path, rev: str) -> dict[str, str]:
+    """Every stage output of a revision's dvc.lock: path -> md5."""
+    import yaml
+
+    lock = yaml.safe_load(git(repo, "show", f"{rev}:dvc.lock"))
+    return {out["path"]: out["md5"] for stage in lock["stages"].values() for out in stage.get("outs", [])}
+
+
+def uncached(repo: Path, path: str) -> bool:
+    """Whether dvc.yaml marks `path` `cache: false` (the metrics, kept in git)."""
+    import fnmatch
+
+    import yaml
+
+    for stage in yaml.safe_load((repo / "dvc.yaml").read_text())["stages"].values():
+        body = stage.get("do", stage)
+        for entry in [*body.get("outs", []), *body.get("metrics", [])]:
+            if isinstance(entry, dict):
+                (pattern, opts), = entry.items()
+                if opts.get("cache") is False and fnmatch.fnmatch(path, pattern.replace("${key}", "*")):
+                    return True
+    return False
+
+
+def cached_file(repo: Path, outs: dict[str, str], path: str) -> bytes:
+    """A file of a revision as DVC has it: the output itself, or a file inside an output folder."""
+    for out, md5 in outs.items():
+        if path == out:
+            return cache_object(repo, md5).read_bytes()
+        if path.startswith(out + "/"):
+            listing = json.loads(cache_object(repo, md5).read_text())
+            entry = next(e for e in listing if e["relpath"] == path[len(out) + 1:])
+            return cache_object(repo, entry["md5"]).read_bytes()
+    raise KeyError(path)
+
+
+def test_two_queue_workers_give_the_results_of_one_at_a_time(repo):
+    # Two points of the sweep above again, forced to execute (their results are in the run-cache now), by two
+    # workers at once; each must give what the one-worker queue gave.
+    points = {"par-r4": "-S lora.r=4 -S train.lr=1e-4", "par-r16": "-S lora.r=16 -S train.lr=3e-4"}
+    for name, sets in points.items():
+        sh(f"dvc exp run --queue -n {name} -f -s {sets} train evaluate", repo)
+    status, most, seconds = run_queue(repo, 2)
+    for name in points:
+        assert any(name in line and "Success" in line for line in status.splitlines()), status
+    assert most == 2, f"never saw two experiments running at once: {status}"
+    refs = experiment_refs(repo)
+    import yaml
+
+    def params_of(rev: str) -> tuple:
+        params = yaml.safe_load(git(repo, "show", f"{rev}:params.yaml"))
+        return params["lora"]["r"], params["train"]["lr"]
+
+    report = {}
+    for name in points:
+        log = sh(f"dvc queue logs {name}", repo).stdout
+        assert set(ran(log)) == {"train", "evaluate"}, (name, ran(log))
+        twin = next(n for n, rev in refs.items() if n not in points and params_of(rev) == params_of(refs[name]))
+        mine, theirs = outs_of(repo, refs[name]), outs_of(repo, refs[twin])
+        train_a, train_b = (json.loads(cached_file(repo, o, "metrics/train/metrics.json")) for o in (mine, theirs))
+        for key in ("train_loss", "eval_loss", "best_eval_loss", "best_step", "last_step"):
+            assert train_a[key] == pytest.approx(train_b[key], abs=1e-4), (name, twin, key, train_a[key], train_b[key])
+        eval_a, eval_b = (json.loads(git(repo, "show", f"{refs[n]}:metrics/eval.json")) for n in (name, twin))
+        assert eval_a["verdict"] == eval_b["verdict"]
+        for key in ("rouge_l", "perplexity", "token_accuracy"):
+            assert eval_a["tuned"][key] == pytest.approx(eval_b["tuned"][key], abs=1e-4), (name, key)
+        weights = [cached_file(repo, o, "models/adapter/adapter_model.safetensors") for o in (mine, theirs)]
+        report[name] = {"twin": twin, "adapter_identical": weights[0] == weights[1],
+                        "eval_loss": [train_a["eval_loss"], train_b["eval_loss"]]}
+
+    # Nothing in the shared cache is corrupt: every output of every experiment is there, and every object's
+    # content hashes to its name (a folder's listing included).
+    for rev in [*refs.values(), "HEAD"]:
+        for out, md5 in outs_of(repo, rev).items():
+            if uncached(repo, out):
+                continue
+            assert cache_object(repo, md5).exists(), (rev, out)
+            if md5.endswith(".dir"):
+                for entry in json.loads(cache_object(repo, md5).read_text()):
+                    assert cache_object(repo, entry["md5"]).exists(), (rev, out, entry["relpath"])
+    objects = [p for p in (repo / ".dvc/cache/files/md5").glob("*/*") if p.is_file()]
+    for path in objects:
+        name = path.parent.name + path.name.removesuffix(".dir")
+        assert hashlib.md5(path.read_bytes()).hexdigest() == name, path
+    timings = json.loads((repo.parent / "timings.json").read_text())
+    timings.update(j2_two_experiments_s=seconds, cache_objects_checked=len(objects), comparison=report)
+    (repo.parent / "timings.json").write_text(json.dumps(timings, indent=1))
+
+
+# --- a shared remote on S3 ---------------------------------------------------------------------------------------
+
+@pytest.fixture
+def s3(tmp_path):
+    """moto's S3 server on 127.0.0.1 with a bucket, and the fake credentials (environment only, never a file)."""
+    boto3 = pytest.importorskip("boto3")
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    env = {"AWS_ACCESS_KEY_ID": "e2e-fake-key-id", "AWS_SECRET_ACCESS_KEY": f"e2e-fake-secret-{os.getpid()}",
+           "AWS_DEFAULT_REGION": "us-east-1"}
+    endpoint = f"http://127.0.0.1:{port}"
+    boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                 aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"], region_name="us-east-1").create_bucket(
+        Bucket="slmforge-e2e")
+    yield endpoint, env
+    server.stop()
+
+
+def test_s3_remote_push_pull_and_a_teammate_restores_every_stage_from_the_run_cache(repo, s3):
+    endpoint, env = s3
+    add = f"dvc remote add {{}} -d s3remote s3://slmforge-e2e/dvcstore && dvc remote modify {{}} s3remote endpointurl {endpoint}"
+    sh(add.format("", ""), repo)
+    sh("git add .dvc/config && git commit -qm 's3 remote'", repo)
+    sh("dvc push --run-cache", repo, extra_env=env, timeout=1200)
+    assert env["AWS_SECRET_ACCESS_KEY"] not in (repo / ".dvc/config").read_text() + (repo / "dvc.lock").read_text()
+
+    # a fresh clone pulls every output of the last commit
+    clone = repo.parent / "s3clone"
+    sh(f"git clone -q {repo} {clone}", repo.parent)
+    sh("dvc pull", clone, store=repo.parent / "s3clone_store", extra_env=env)
+    for rel in ["models/base/model.safetensors", "models/adapter/adapter_model.safetensors", "data/split/train.jsonl",
+                "reports/eval.md", "metrics/train/metrics.json"]:
+        assert (clone / rel).read_bytes() == (repo / rel).read_bytes(), rel
+    assert "up to date" in sh("dvc status", clone, extra_env=env).stdout.lower()
+
+    # A teammate on the first commit, which has no dvc.lock: no output and no lock entry, so only the run-cache
+    # pushed above can say what each stage made. Every stage must come back without running.
+    mate = repo.parent / "teammate"
+    store = repo.parent / "teammate_empty_store"
+    sh(f"git clone -q {repo} {mate}", repo.parent)
+    first = git(mate, "rev-list", "--max-parents=0", "HEAD").strip()
+    sh(f"git checkout -q {first}", mate)
+    assert not (mate / "dvc.lock").exists() and not (mate / "models").exists()
+    sh(add.format("--local", "--local"), mate)  # that commit predates the shared remote
+    out = sh("dvc repro --pull", mate, store=store, extra_env=env, timeout=1200)
+    assert ran(out.stdout) == [], out.stdout[-3000:]
+    restored = [line.split("'")[1] for line in out.stdout.splitlines() if "is cached - skipping run" in line]
+    assert sorted(restored) == sorted(["check_params", "collect@files", "collect@sample", "base", "clean", "synthesize",
+                                       "chatml", "calibrate", "label", "split", "train", "evaluate", "train_scorer",
+                                       "evaluate_scorer"]), out.stdout[-3000:]
+    for stage in ("synthesize", "calibrate", "label", "evaluate"):  # the answers somebody paid for
+        assert list((mate / "data/oracle_cache" / stage).rglob("*.json*")), stage
+    assert not store.exists() or not list(store.rglob("*.json*"))  # nothing was asked of the oracle
+    assert "up to date" in sh("dvc status", mate, extra_env=env).stdout.lower()
+
+    # Back on the last commit, an experiment someone already ran in the sweep (r=4, lr=1e-4): the unchanged stages
+    # are pulled, train and evaluate come from the run-cache.
+    sh("git checkout -q -f - && git config user.email t@t && git config user.name t", mate)
+    out = sh("dvc exp run --pull -S lora.r=4 -S train.lr=1e-4", mate, store=store, extra_env=env, timeout=1200)
+    assert ran(out.stdout) == [], out.stdout[-3000:]
+    assert {"train", "evaluate"} <= {line.split("'")[1] for line in out.stdout.splitlines()
+                                    if "is cached - skipping run" in line}, out.stdout[-3000:]
+    assert json.loads((mate / "models/adapter/adapter_config.json").read_text())["r"] == 4
+    sweep_weights = {cached_file(repo, outs_of(repo, rev), "models/adapter/adapter_model.safetensors")
+                     for rev in experiment_refs(repo).values()}
+    assert (mate / "models/adapter/adapter_model.safetensors").read_bytes() in sweep_weights
