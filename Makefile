@@ -7,11 +7,12 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: help venv repro test test-fast compose clean-checkpoints
+.PHONY: help venv repro test test-fast bench compose clean-checkpoints
 
 help:
 	@echo "make repro   create .venv from uv.lock and run the whole pipeline (dvc repro) on the embedded default"
 	@echo "make test    the whole test suite (what CI runs)"
+	@echo "make bench   the benchmarks (after make repro): bench/results.json and the table in bench/README.md"
 	@echo "make compose write params.yaml from conf/ (what dvc exp run does before it runs)"
 
 # uv comes from PyPI if it is not on the machine; the install is locked (uv.lock) and reproducible.
@@ -33,6 +34,10 @@ test: venv
 
 test-fast: venv
 	python -m pytest -q -m "not slow"
+
+# The pipeline's outputs (models/base, data/split) must exist: make repro, or dvc pull. About 25 minutes on 2 cores.
+bench: venv
+	python -m bench
 
 compose: venv
 	python -m slmforge.cli compose

@@ -139,28 +139,8 @@ def _dvclive_callback(live):
     return DvcLiveLogger()
 
 
-def train(*, train_rows: list[dict], val_rows: list[dict], data_files: list[Path], model_params: ModelParams,
-          lora: LoraParams, params: TrainParams, base_dir: Path, base_json: Path, adapter_dir: Path,
-          metrics_dir: Path, checkpoint_root: Path, expected_template_sha: str) -> dict | None:
-    """Train and save the adapter; returns the summary on the main process, None on the others."""
-    import torch
-    from dvclive import Live
-    from peft import LoraConfig, get_peft_model
-    from transformers import EarlyStoppingCallback, set_seed
-    from trl import SFTConfig, SFTTrainer
-
-    from slmforge.distributed import context
-    from slmforge.modeling import compute_dtype, load_base, set_threads, template_fingerprint
-
-    ctx = context()
-    set_threads(ctx.local_world_size)  # processes on one machine share its cores
-    set_seed(params.seed)
-    model, tokenizer = load_base(model_params, base_dir, base_json, for_training=True)
-    template_sha = template_fingerprint(tokenizer)
-    if template_sha != expected_template_sha:
-        raise UserError("chat template of models/base differs from the one chatml recorded in metrics/chatml.json: "
-                        "run `dvc repro chatml`")
-
+def training_datasets(train_rows: list[dict], val_rows: list[dict], tokenizer, params: TrainParams):
+    """(train, val) datasets of input_ids and assistant-only labels; train packed when params.packing."""
     if params.max_train_examples:
         train_rows = train_rows[: params.max_train_examples]
     if params.packing:
@@ -168,21 +148,30 @@ def train(*, train_rows: list[dict], val_rows: list[dict], data_files: list[Path
     else:
         train_ds = build_dataset([r for chosen in epoch_rounds(train_rows, params.origin_weights, params.seed)
                                   for r in chosen], tokenizer, params.max_seq_len)
-    val_ds = build_dataset(val_rows, tokenizer, params.max_seq_len)
-    n_train_tokens = sum(len(x) for x in train_ds["input_ids"])
+    return train_ds, build_dataset(val_rows, tokenizer, params.max_seq_len)
 
-    model = get_peft_model(model, LoraConfig(
+
+def add_lora(model, lora: LoraParams):
+    from peft import LoraConfig, get_peft_model
+
+    return get_peft_model(model, LoraConfig(
         r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules,
         task_type="CAUSAL_LM", bias="none",
     ))
 
-    fingerprint = run_fingerprint(data_files, model_params, lora, params, template_sha)
-    ckpt_dir = checkpoint_root / fingerprint
-    resume = last_checkpoint(ckpt_dir)
+
+def sft_config(params: TrainParams, output_dir: Path, model_params: ModelParams):
+    """The SFTConfig of a run (the train stage's and the benchmark's: one place)."""
+    import torch
+    from trl import SFTConfig
+
+    from slmforge.distributed import context
+    from slmforge.modeling import compute_dtype
+
+    ctx = context()
     on_gpu = torch.cuda.is_available()
-    bf16 = compute_dtype(model_params.compute_dtype) == torch.bfloat16
-    config = SFTConfig(
-        output_dir=str(ckpt_dir),
+    return SFTConfig(
+        output_dir=str(output_dir),
         num_train_epochs=params.epochs,
         max_steps=params.max_steps,
         per_device_train_batch_size=params.batch_size,
@@ -209,7 +198,7 @@ def train(*, train_rows: list[dict], val_rows: list[dict], data_files: list[Path
         logging_steps=params.logging_steps,
         seed=params.seed,
         data_seed=params.seed,
-        bf16=bf16,
+        bf16=compute_dtype(model_params.compute_dtype) == torch.bfloat16,
         use_cpu=not on_gpu,
         gradient_checkpointing=False,  # small models on CPU: recomputation costs more than the memory saves
         report_to="none",
@@ -221,13 +210,77 @@ def train(*, train_rows: list[dict], val_rows: list[dict], data_files: list[Path
         ddp_find_unused_parameters=False if ctx.distributed else None,  # every LoRA weight gets a gradient
     )
 
+
+def sft_trainer(**kwargs):
+    """TRL's SFTTrainer, with the model's own loss where TRL's fused LM head has no kernel.
+
+    TRL 1.x computes the loss through a fused LM head: tiles of the logits with an online softmax, and the
+    logits computed again in the backward pass. With Triton (CUDA) that is a fused kernel and saves memory;
+    elsewhere it runs as a loop of float32 torch operations over (tokens x 32k) tiles: on SmolLM2-135M with
+    384-token rows on 2 CPU cores, 8 steps took 19.1 s with it and 15.4 s with the model's own loss, the same
+    loss to 3 decimals (bench/train.py compares both in every run). Off Triton we therefore take
+    transformers' standard loss from the model's forward (one bf16 projection, one cross-entropy) and
+    compute the token accuracy TRL would have logged from the same logits.
+    """
+    import torch
+    from transformers import Trainer
+    from trl import SFTTrainer
+
+    class PlainHeadSFTTrainer(SFTTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if torch.cuda.is_available():
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            inputs["use_cache"] = False
+            loss, outputs = Trainer.compute_loss(self, model, inputs, return_outputs=True,
+                                                 num_items_in_batch=num_items_in_batch)
+            with torch.no_grad():
+                labels = inputs["labels"][:, 1:]
+                mask = labels != -100
+                hits = (outputs.logits[:, :-1].argmax(-1) == labels) & mask
+                seen = int(mask.sum())
+            mode = "train" if self.model.training else "eval"
+            self._metrics[mode]["mean_token_accuracy"].append(int(hits.sum()) / seen if seen else 0.0)
+            return (loss, outputs) if return_outputs else loss
+
+    return PlainHeadSFTTrainer(**kwargs)
+
+
+def train(*, train_rows: list[dict], val_rows: list[dict], data_files: list[Path], model_params: ModelParams,
+          lora: LoraParams, params: TrainParams, base_dir: Path, base_json: Path, adapter_dir: Path,
+          metrics_dir: Path, checkpoint_root: Path, expected_template_sha: str) -> dict | None:
+    """Train and save the adapter; returns the summary on the main process, None on the others."""
+    from dvclive import Live
+    from transformers import EarlyStoppingCallback, set_seed
+
+    from slmforge.distributed import context
+    from slmforge.modeling import load_base, set_threads, template_fingerprint
+
+    ctx = context()
+    set_threads(ctx.local_world_size)  # processes on one machine share its cores
+    set_seed(params.seed)
+    model, tokenizer = load_base(model_params, base_dir, base_json, for_training=True)
+    template_sha = template_fingerprint(tokenizer)
+    if template_sha != expected_template_sha:
+        raise UserError("chat template of models/base differs from the one chatml recorded in metrics/chatml.json: "
+                        "run `dvc repro chatml`")
+
+    train_ds, val_ds = training_datasets(train_rows, val_rows, tokenizer, params)
+    n_train_tokens = sum(len(x) for x in train_ds["input_ids"])
+
+    model = add_lora(model, lora)
+
+    fingerprint = run_fingerprint(data_files, model_params, lora, params, template_sha)
+    ckpt_dir = checkpoint_root / fingerprint
+    resume = last_checkpoint(ckpt_dir)
+    config = sft_config(params, ckpt_dir, model_params)
+
     live = None
     callbacks = [EarlyStoppingCallback(early_stopping_patience=params.early_stopping_patience)]
     if ctx.is_main:  # one writer of metrics/train
         metrics_dir.mkdir(parents=True, exist_ok=True)
         live = Live(dir=str(metrics_dir), resume=resume is not None, save_dvc_exp=False, dvcyaml=None)
         callbacks.append(_dvclive_callback(live))
-    trainer = SFTTrainer(
+    trainer = sft_trainer(
         model=model, args=config, train_dataset=train_ds, eval_dataset=val_ds, processing_class=tokenizer,
         callbacks=callbacks,
     )
