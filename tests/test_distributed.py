@@ -132,3 +132,40 @@ def test_no_relaunch_without_a_config_or_inside_a_launched_process(root, monkeyp
     assert relaunch("ddp_cpu", "stages.train", [], root / "conf/accelerate") is None
     cmd = launch_command(root / "conf/accelerate/ddp.yaml", "stages.train", ["--x", "1"])
     assert cmd[-6:] == ["--config_file", str(root / "conf/accelerate/ddp.yaml"), "-m", "stages.train", "--x", "1"]
+
+
+def test_fsdp_loading_stores_the_4bit_weights_in_the_compute_dtype_with_the_same_math(root, base_model, model_params,
+                                                                                       monkeypatch):
+    """What fsdp_qlora changes in loading, checked on CPU (FSDP itself needs a GPU: accelerate's FSDP plugin refuses
+    to start without a CUDA/XPU/... device): the NF4 weights are packed into bf16 (bnb_4bit_quant_storage), which
+    FSDP can shard where it cannot shard uint8, the model has no device map for FSDP to fight with, and the packed
+    weights give the same loss, to the bit, as the default uint8 packing, with LoRA gradients flowing."""
+    import bitsandbytes as bnb
+    import torch
+
+    from slmforge.modeling import load_base
+    from slmforge.params import LoraParams, build, compose
+    from slmforge.training import add_lora
+
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    models = {}
+    for fsdp in (True, False):
+        monkeypatch.setenv("ACCELERATE_USE_FSDP", "true" if fsdp else "false")
+        models[fsdp], tokenizer = load_base(model_params, *base_model, for_training=True)
+    four_bit = {fsdp: [m.weight for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+                for fsdp, model in models.items()}
+    assert four_bit[True] and len(four_bit[True]) == len(four_bit[False])
+    assert {w.dtype for w in four_bit[True]} == {torch.bfloat16}  # the storage FSDP shards
+    assert {w.dtype for w in four_bit[False]} == {torch.uint8}  # bitsandbytes' default packing
+    assert not getattr(models[True], "hf_device_map", None)  # FSDP places the shards itself
+    # the same packed bits, seen through another dtype
+    assert all(a.view(torch.uint8).flatten().equal(b.flatten()) for a, b in zip(four_bit[True], four_bit[False]))
+
+    ids = tokenizer("You answer questions about Quillmark's Lumen platform.", return_tensors="pt").input_ids
+    with torch.no_grad():
+        losses = {fsdp: model(input_ids=ids, labels=ids).loss.item() for fsdp, model in models.items()}
+    assert losses[True] == losses[False], losses
+    peft_model = add_lora(models[True], build(LoraParams, compose(root / "conf")["lora"], "lora"))
+    peft_model(input_ids=ids, labels=ids).loss.backward()
+    grads = [p.grad for n, p in peft_model.named_parameters() if "lora_B" in n]
+    assert grads and all(g is not None for g in grads) and sum(float(g.abs().sum()) for g in grads) > 0
