@@ -1,9 +1,9 @@
 """The `slmforge` command: `compose` writes params.yaml from conf/; `chat` talks to base + adapter;
 `merge` exports a merged model; `score` scores records with the student scorer; `doctor` says what this
-machine can run.
+machine can run; `push` shares every run with the team (`dvc push --run-cache` and the outputs its records name).
 
 Run: slmforge chat | slmforge merge --out models/merged | slmforge score FILE --out OUT | slmforge doctor |
-slmforge compose [OVERRIDE ...]
+slmforge compose [OVERRIDE ...] | slmforge push [--remote NAME]
 """
 
 from __future__ import annotations
@@ -114,6 +114,10 @@ def main(argv=None) -> None:
     p.add_argument("--base", default="models/base")
     p.add_argument("--pin", default="models/base.json")
     p.add_argument("--batch-size", type=int, default=16)
+    p = sub.add_parser("push", help="dvc push --run-cache, plus the outputs every run record names (experiments, "
+                                    "metrics), so a teammate's `dvc repro --pull` restores any run instead of running it")
+    p.add_argument("--remote", "-r", default=None, help="DVC remote (default: the repository's default remote)")
+    p.add_argument("--jobs", "-j", type=int, default=None)
     args = ap.parse_args(argv)
 
     def command() -> None:
@@ -158,6 +162,13 @@ def main(argv=None) -> None:
             atomic_write_jsonl(args.out, scores)
             tiers = Counter(s["tier"] for s in scores)
             print(f"scored {len(scores)} records -> {args.out}; tiers {dict(sorted(tiers.items()))}")
+        elif args.command == "push":
+            from slmforge.sharing import push_runs
+
+            report, remote = push_runs(".", args.remote, args.jobs)
+            print(report.line(remote))
+            if report.missing:
+                sys.exit(1)
         elif args.command == "doctor":
             from slmforge.doctor import report
 

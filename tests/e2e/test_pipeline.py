@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import signal
@@ -21,6 +22,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -287,25 +289,43 @@ def test_push_then_pull_into_a_fresh_clone_restores_every_output(repo):
     assert (clone / "data/labels/labels.jsonl").read_bytes() == (repo / "data/labels/labels.jsonl").read_bytes()
 
 
-def run_queue(repo: Path, workers: int) -> tuple[str, int, float]:
-    """`dvc queue start -j workers`, waiting until the queue is empty: (final status, most experiments seen
-    running at once, seconds)."""
-    start = time.time()
+def run_queue(repo: Path, workers: int) -> tuple[str, list[tuple[str, datetime, datetime]], float]:
+    """`dvc queue start -j workers`, waiting until the queue is empty: (final status, the (worker, received,
+    finished) of each experiment this start ran, seconds)."""
+    start, since = time.time(), datetime.now().replace(microsecond=0)
     sh(f"dvc queue start -j {workers}", repo)
-    deadline, most = start + 1500, 0
+    deadline = start + 1500
     while True:
-        status = sh("dvc queue status", repo).stdout
-        most = max(most, sum(" Running " in f" {line} " for line in status.splitlines()))
-        if "Queued" not in status and "Running" not in status:
-            return status, most, time.time() - start
-        assert time.time() < deadline, status
+        proc = sh("dvc queue status", repo, check=False)  # may fail while a worker holds the repo: ask again
+        status = proc.stdout
+        if proc.returncode == 0 and "Queued" not in status and "Running" not in status:
+            return status, worker_tasks(repo, since), time.time() - start
+        assert time.time() < deadline, status + proc.stderr
         time.sleep(3)
+
+
+def worker_tasks(repo: Path, since: datetime) -> list[tuple[str, datetime, datetime]]:
+    """(worker, started, finished) of every experiment a queue worker finished after `since`, from the workers'
+    own logs (.dvc/tmp/exps/celery/dvc-exp-worker-N.out: "Task ...[id] succeeded in S s", celery's local time);
+    started is finished minus S (a worker may log "received" for a task it prefetched before it starts it)."""
+    pattern = re.compile(r"\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+): INFO/MainProcess\] Task \S+\[[0-9a-f-]+\] "
+                         r"succeeded in ([\d.]+)s")
+    tasks = []
+    for log in sorted((repo / ".dvc/tmp/exps/celery").glob("dvc-exp-worker-*.out")):
+        for line in log.read_text().splitlines():
+            match = pattern.match(line)
+            if match:
+                finished = datetime.strptime(match[1], "%Y-%m-%d %H:%M:%S,%f")
+                if finished >= since:
+                    tasks.append((log.stem, finished - timedelta(seconds=float(match[2])), finished))
+    return sorted(tasks, key=lambda t: t[1])
 
 
 def test_queued_sweep_runs_only_train_and_evaluate(repo):
     # every point differs from the baseline (r=8, lr=2e-4): a point equal to it would rightly run nothing
     sh("dvc exp run --queue -S 'lora.r=4,16' -S 'train.lr=1e-4,3e-4'", repo)
-    status, _, seconds = run_queue(repo, 1)
+    status, tasks, seconds = run_queue(repo, 1)
+    assert len(tasks) == 4 and all(b <= a2 for (_, _, b), (_, a2, _) in zip(tasks, tasks[1:])), tasks  # one at a time
     (repo.parent / "timings.json").write_text(json.dumps({"j1_four_experiments_s": seconds}))
     assert status.count("Success") == 4, status
     exps = json.loads(sh("dvc exp show --json", repo).stdout)
@@ -380,10 +400,13 @@ def test_two_queue_workers_give_the_results_of_one_at_a_time(repo):
     points = {"par-r4": "-S lora.r=4 -S train.lr=1e-4", "par-r16": "-S lora.r=16 -S train.lr=3e-4"}
     for name, sets in points.items():
         sh(f"dvc exp run --queue -n {name} -f -s {sets} train evaluate", repo)
-    status, most, seconds = run_queue(repo, 2)
+    status, tasks, seconds = run_queue(repo, 2)
     for name in points:
         assert any(name in line and "Success" in line for line in status.splitlines()), status
-    assert most == 2, f"never saw two experiments running at once: {status}"
+    # two workers, each running one of them, at the same time
+    assert len(tasks) == 2 and tasks[0][0] != tasks[1][0], tasks
+    overlap = (min(t[2] for t in tasks) - max(t[1] for t in tasks)).total_seconds()
+    assert overlap > 0, f"the two experiments did not run at the same time: {tasks}"
     refs = experiment_refs(repo)
     import yaml
 
@@ -429,6 +452,33 @@ def test_two_queue_workers_give_the_results_of_one_at_a_time(repo):
 
 # --- a shared remote on S3 ---------------------------------------------------------------------------------------
 
+def objects_named_by_run_records(repo: Path) -> dict[str, str]:
+    """md5 -> output path of every object the local run-cache's records name (a folder's listing and its files)."""
+    import yaml
+
+    named = {}
+    for record in (repo / ".dvc/cache/runs").glob("*/*/*"):
+        for out in yaml.safe_load(record.read_text())["outs"]:
+            named[out["md5"]] = out["path"]
+            if out["md5"].endswith(".dir"):
+                for entry in json.loads(cache_object(repo, out["md5"]).read_text()):
+                    named[entry["md5"]] = f"{out['path']}/{entry['relpath']}"
+    return named
+
+
+def remote_objects(endpoint: str, env: dict[str, str]) -> set[str]:
+    """md5 of every object on the test bucket's DVC remote (files/md5/<2>/<30>)."""
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                      aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"], region_name="us-east-1")
+    found = set()
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket="slmforge-e2e", Prefix="dvcstore/files/md5/"):
+        for item in page.get("Contents", []):
+            first, rest = item["Key"].split("/")[-2:]
+            found.add(first + rest)
+    return found
+
 @pytest.fixture
 def s3(tmp_path):
     """moto's S3 server on 127.0.0.1 with a bucket, and the fake credentials (environment only, never a file)."""
@@ -456,6 +506,16 @@ def test_s3_remote_push_pull_and_a_teammate_restores_every_stage_from_the_run_ca
     sh(add.format("", ""), repo)
     sh("git add .dvc/config && git commit -qm 's3 remote'", repo)
     sh("dvc push --run-cache", repo, extra_env=env, timeout=1200)
+    # DVC 3.6x sends the run records and this commit's outputs, not the outputs the other records name (the sweep's
+    # experiments, the first commit's train) nor any `cache: false` metric: a teammate's restore would need them.
+    named = objects_named_by_run_records(repo)
+    missing = set(named) - remote_objects(endpoint, env)
+    assert any(named[md5].startswith("metrics/") for md5 in missing), sorted(named[md5] for md5 in missing)
+    # slmforge push: the same, then every object the records name
+    out = sh("python -m slmforge.cli push", repo, extra_env=env, timeout=1200).stdout
+    sent = int(re.search(r"(\d+) sent now", out)[1])
+    assert sent >= len(missing), (out, len(missing))
+    assert not set(named) - remote_objects(endpoint, env)  # every object every run record names is on the remote
     assert env["AWS_SECRET_ACCESS_KEY"] not in (repo / ".dvc/config").read_text() + (repo / "dvc.lock").read_text()
 
     # a fresh clone pulls every output of the last commit
