@@ -62,10 +62,8 @@ def accelerate_config(name: str, conf_dir: str | Path = "conf/accelerate") -> Pa
 
 
 def launch_command(config: Path, module: str, argv: list[str]) -> list[str]:
-    """`accelerate launch --config_file CONFIG -m MODULE ARGV...`, with the accelerate beside this interpreter."""
-    exe = Path(sys.executable).parent / "accelerate"
-    launcher = [str(exe), "launch"] if exe.exists() else [sys.executable, "-m", "accelerate.commands.launch"]
-    return [*launcher, "--config_file", str(config), "-m", module, *argv]
+    """`accelerate launch --config_file CONFIG -m MODULE ARGV...`, through this interpreter's accelerate."""
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), "-m", module, *argv]
 
 
 def relaunch(name: str | None, module: str, argv: list[str], conf_dir: str | Path = "conf/accelerate") -> int | None:

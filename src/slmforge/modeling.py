@@ -177,12 +177,13 @@ def load_base(params: ModelParams, base_dir: str | Path, base_json: str | Path, 
 
     where, revision = resolve_base(base_dir, base_json)
     dtype = compute_dtype(params.compute_dtype)
-    fsdp = for_training and context().fsdp
+    ctx = context()
+    fsdp = for_training and ctx.fsdp
     quant = quantization_config(params, quant_storage=dtype if fsdp else None)
     if fsdp:
         device_map = None
     elif torch.cuda.is_available():
-        device_map = {"": context().local_rank if for_training else 0}
+        device_map = {"": ctx.local_rank if for_training else 0}
     else:
         device_map = {"": "cpu"}
     kwargs = {"revision": revision} if revision else {}

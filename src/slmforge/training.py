@@ -249,6 +249,7 @@ def train(*, train_rows: list[dict], val_rows: list[dict], data_files: list[Path
           lora: LoraParams, params: TrainParams, base_dir: Path, base_json: Path, adapter_dir: Path,
           metrics_dir: Path, checkpoint_root: Path, expected_template_sha: str) -> dict | None:
     """Train and save the adapter; returns the summary on the main process, None on the others."""
+    from accelerate.utils import gather_object
     from dvclive import Live
     from transformers import EarlyStoppingCallback, set_seed
 
@@ -288,8 +289,9 @@ def train(*, train_rows: list[dict], val_rows: list[dict], data_files: list[Path
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     seconds = time.time() - start
     final_eval = trainer.evaluate()
-    ranks = _gather({"rank": ctx.rank, "pid": os.getpid(), "device": str(trainer.args.device),
-                     "steps": trainer.state.global_step, "train_seconds": round(seconds, 2)})
+    # one record per process, in rank order (accelerate's gather returns the list as is in a one-process run)
+    ranks = gather_object([{"rank": ctx.rank, "pid": os.getpid(), "device": str(trainer.args.device),
+                            "steps": trainer.state.global_step, "train_seconds": round(seconds, 2)}])
 
     history = trainer.state.log_history
     train_losses = [h["loss"] for h in history if "loss" in h]
@@ -330,17 +332,6 @@ def train(*, train_rows: list[dict], val_rows: list[dict], data_files: list[Path
     # The adapter is safely in place: the checkpoints of this run are no longer needed for resuming.
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     return summary
-
-
-def _gather(obj: dict) -> list[dict]:
-    """`obj` from every process, in rank order (just [obj] in a one-process run)."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
-        return [obj]
-    out: list = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
 
 
 def save_adapter(trainer, tokenizer, adapter_dir: Path, *, model_params: ModelParams, lora: LoraParams,
