@@ -34,12 +34,18 @@ BIN = Path(sys.executable).parent
 
 
 def sh(cmd: str, cwd: Path, check: bool = True, timeout: int = 900, store: Path | None = None,
-       extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+       extra_env: dict[str, str] | None = None, log: Path | None = None) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DVC_")}
     # The oracle's answer store lives beside the repo (never in the user's ~/.cache during tests).
     env.update(PATH=f"{BIN}:{env['PATH']}", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1",
                SLMFORGE_CACHE=str(store or cwd.parent / "store"), **(extra_env or {}))
-    proc = subprocess.run(cmd, shell=True, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if log is None:
+        proc = subprocess.run(cmd, shell=True, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    else:  # output to a file: a daemon the command leaves behind (a queue worker) keeps no pipe of ours open
+        with open(log, "w") as out:
+            proc = subprocess.run(cmd, shell=True, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, text=True,
+                                  timeout=timeout)
+        proc.stdout, proc.stderr = log.read_text(), ""
     if check and proc.returncode != 0:
         raise AssertionError(f"`{cmd}` failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
@@ -293,8 +299,9 @@ def run_queue(repo: Path, workers: int) -> tuple[str, list[tuple[str, datetime, 
     """`dvc queue start -j workers`, waiting until the queue is empty: (final status, the (worker, received,
     finished) of each experiment this start ran, seconds)."""
     start, since = time.time(), datetime.now().replace(microsecond=0)
-    sh(f"dvc queue start -j {workers}", repo)
-    deadline = start + 1500
+    # The workers run on after `dvc queue start` returns; with pipes, waiting for its output waited for them too.
+    sh(f"dvc queue start -j {workers}", repo, timeout=300, log=repo.parent / f"queue_start_j{workers}.log")
+    deadline = start + 3600  # two experiments at once on 2 cores took 390-970 s each
     while True:
         proc = sh("dvc queue status", repo, check=False)  # may fail while a worker holds the repo: ask again
         status = proc.stdout
