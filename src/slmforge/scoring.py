@@ -137,8 +137,8 @@ def train_scorer(*, train_rows: list[dict], val_rows: list[dict], labels: dict[s
     best_step, best_eval = min(evals, key=lambda x: x[1])
     summary = {"train_examples": len(train_ex), "val_examples": len(val_ex), "unlabelled_left_out":
                train_missing + val_missing, "eval_mse": final["eval_loss"], "best_eval_mse": best_eval,
-               "best_step": best_step, "last_step": trainer.state.global_step, "train_seconds": seconds}
-    for key in ("eval_mse", "best_eval_mse", "best_step", "last_step", "train_seconds"):
+               "best_step": best_step, "last_step": trainer.state.global_step}
+    for key in ("eval_mse", "best_eval_mse", "best_step", "last_step"):
         live.summary[key] = summary[key]
     live.make_summary()
     live.end()
@@ -150,7 +150,8 @@ def train_scorer(*, train_rows: list[dict], val_rows: list[dict], labels: dict[s
             "dimensions": list(rubric.dimensions), "head_tokens": params.head_tokens,
             "tail_tokens": params.tail_tokens, "scorer": as_dict(params), "metrics": summary})
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
-    return summary
+    # The time says how the run went, not what it made: outside the scorer's card and metrics (DVC outputs).
+    return {**summary, "run": {"train_seconds": round(seconds, 2)}}
 
 
 def load_scorer(scorer_dir: Path, base_dir: Path, base_json: Path):

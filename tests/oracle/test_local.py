@@ -44,18 +44,8 @@ def rubric() -> RubricParams:
 
 @pytest.fixture(scope="module")
 def backend(base_model) -> LocalBackend:
-    import torch
-
     folder, pin = base_model
-    made = LocalBackend(oracle_params(max_field_tokens=16), folder, pin)
-    made.complete(Request(id="warm-up", system="s", prompt="p", schema={"type": "object", "properties": {}},
-                          max_tokens=1))  # loads the model, which sets torch to every core ...
-    threads = torch.get_num_threads()
-    # ... which, with another process busy on this 2-core machine, made a 2-pair synth request take 50-170 s
-    # instead of 4 s on one thread (OpenMP workers spin-waiting on each other). The answers do not depend on it.
-    torch.set_num_threads(1)
-    yield made
-    torch.set_num_threads(threads)
+    return LocalBackend(oracle_params(max_field_tokens=16), folder, pin)
 
 
 def test_scores_are_graded_numbers_within_the_rubric_range(backend, rubric, tmp_path):
