@@ -127,7 +127,8 @@ def main(argv=None) -> None:
     p.add_argument("--answers", choices=["auto", "fresh", "reuse"], default="auto",
                    help="the oracle's answers: asked again from an empty store (fresh), or taken from the answer "
                         "store (reuse); auto: fresh for the local oracle, reuse for a paid API")
-    p.add_argument("--workdir", default=None, help="where to clone (default: a new temporary folder)")
+    p.add_argument("--workdir", default=None, help="the folder to clone in, under a new folder of its own "
+                                                     "(default: the system's temporary folder)")
     p.add_argument("--keep", action="store_true", help="keep the clone afterwards, to look at what differs")
     p.add_argument("--json", default=None, help="also write the report as JSON to this file")
     p.add_argument("--repo", default=".", help="the repository to check (its HEAD and dvc.lock)")

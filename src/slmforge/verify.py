@@ -95,7 +95,7 @@ def plan(clone: Path, until: str | None, only: list[str]) -> tuple[list[str], se
 
 def compare(clone: Path, cache: Path, name: str, locked: dict, rerun: dict, head: str) -> StageCheck:
     old_outs, new_outs = hashes(locked.get("outs")), hashes(rerun.get("outs"))
-    check = StageCheck(name, "same", {p: (old_outs.get(p), new_outs.get(p)) for p in {*old_outs, *new_outs}})
+    check = StageCheck(name, "same", {p: (old_outs.get(p), new_outs.get(p)) for p in sorted({*old_outs, *new_outs})})
     old_deps, new_deps = hashes(locked.get("deps")), hashes(rerun.get("deps"))
     check.inputs_changed = sorted(p for p in {*old_deps, *new_deps} if old_deps.get(p) != new_deps.get(p))
     if locked.get("params") != rerun.get("params"):
@@ -134,7 +134,9 @@ def verify(repo_dir: Path, until: str | None = None, only: list[str] = (), answe
         raise UserError("verify: HEAD has no dvc.lock to check: run the pipeline and commit dvc.lock first")
     with Repo(str(root)) as repo:
         cache = Path(repo.cache.local.path)  # .../files/md5
-    top = Path(workdir or tempfile.mkdtemp(prefix="slmforge-verify-"))
+    if workdir:
+        Path(workdir).mkdir(parents=True, exist_ok=True)
+    top = Path(tempfile.mkdtemp(prefix="slmforge-verify-", dir=workdir))  # ours alone: removed at the end
     clone = top / "repo"
     try:
         sh(["git", "clone", "-q", str(root), str(clone)], top)
