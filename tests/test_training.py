@@ -181,3 +181,26 @@ def test_every_train_and_val_row_is_accounted_for(tokenizer):
     assert accounting["val"] == {"rows_in": 2, "rows_used": 1, "truncated": 0, "accounting_ok": True,
                                  "dropped": {"answer_truncated_away": 1}}
     assert len(val_ds) == 1 and sum(len(x["seq_lengths"]) for x in train_ds) == 2
+
+
+def test_the_same_adapter_config_is_the_same_bytes_whatever_the_hash_seed(tmp_path):
+    """PEFT writes target_modules in its set's order, which follows the process's string hash seed; sorted, two
+    processes write the same file (the raw files of these two seeds differ: the test can tell)."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    code = ("import shutil, sys; from peft import LoraConfig; from slmforge.training import canonical_adapter_config; "
+            "LoraConfig(r=8, target_modules=['q_proj','k_proj','v_proj','o_proj','gate_proj','up_proj','down_proj'])"
+            ".save_pretrained(sys.argv[1] + '/raw'); shutil.copytree(sys.argv[1] + '/raw', sys.argv[1] + '/sort'); "
+            "canonical_adapter_config(sys.argv[1] + '/sort')")
+    written = {}
+    for seed in ("1", "2"):
+        subprocess.run([sys.executable, "-c", code, str(tmp_path / seed)], check=True, cwd=ROOT,
+                       env={**os.environ, "PYTHONHASHSEED": seed}, capture_output=True)
+        for mode in ("raw", "sort"):
+            written[seed, mode] = (tmp_path / seed / mode / "adapter_config.json").read_bytes()
+    assert written["1", "raw"] != written["2", "raw"]
+    assert written["1", "sort"] == written["2", "sort"]

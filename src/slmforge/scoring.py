@@ -96,7 +96,7 @@ def train_scorer(*, train_rows: list[dict], val_rows: list[dict], labels: dict[s
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
 
     from slmforge.modeling import compute_dtype, set_threads
-    from slmforge.training import _dvclive_callback
+    from slmforge.training import _dvclive_callback, canonical_adapter_config
 
     set_threads()
     set_seed(params.seed)
@@ -144,6 +144,7 @@ def train_scorer(*, train_rows: list[dict], val_rows: list[dict], labels: dict[s
     live.end()
     with atomic_dir(out_dir) as tmp:
         trainer.model.save_pretrained(tmp)
+        canonical_adapter_config(tmp)  # the same scorer, the same bytes
         tokenizer.save_pretrained(tmp)
         atomic_write_json(Path(tmp) / CARD, {
             "base_model": model_params.hub_id, "model": as_dict(model_params), "rubric": as_dict(rubric),

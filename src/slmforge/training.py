@@ -117,6 +117,19 @@ def pack_rounds(rows: list[dict], tokenizer, max_len: int, weights: dict[str, fl
 
 # --- fingerprints -------------------------------------------------------------------------------
 
+def canonical_adapter_config(folder: str | Path) -> None:
+    """Sort the module lists of a saved PEFT adapter_config.json. PEFT keeps target_modules (and exclude_modules)
+    as a set and writes the set's order, which follows Python's per-process string hash seed: two trainings with
+    bit-identical weights wrote two different configs (measured on the tiny profile), and a DVC output must be the
+    same bytes for the same adapter."""
+    path = Path(folder) / "adapter_config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    for key in ("target_modules", "exclude_modules", "modules_to_save"):
+        if isinstance(config.get(key), list):
+            config[key] = sorted(config[key])
+    path.write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")  # PEFT's own layout
+
+
 def file_sha256(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -397,6 +410,7 @@ def save_adapter(trainer, tokenizer, adapter_dir: Path, *, model_params: ModelPa
     data = {str(p): file_sha256(p) for p in data_files}
     with atomic_dir(adapter_dir) as tmp:
         trainer.accelerator.unwrap_model(trainer.model).save_pretrained(tmp, state_dict=state_dict)
+        canonical_adapter_config(tmp)
         tokenizer.save_pretrained(tmp)
         atomic_write_json(Path(tmp) / "slmforge_adapter.json", {
             "base_model": model_params.hub_id, "model": as_dict(model_params), "lora": as_dict(lora),
