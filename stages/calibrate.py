@@ -9,8 +9,8 @@ import json
 
 from slmforge.calibration import calibrate, load_gold
 from slmforge.calibration_report import plot_rows, report_markdown
-from slmforge.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl
-from slmforge.oracle.client import open_oracle
+from slmforge.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl, write_run_facts
+from slmforge.oracle.client import open_oracle, split_run_facts
 from slmforge.params import check_params_fresh, load_params
 from slmforge.runner import run
 
@@ -26,18 +26,22 @@ def main(argv=None):
     ap.add_argument("--metrics", required=True)
     ap.add_argument("--report", required=True)
     ap.add_argument("--plot", required=True, help="the calibration scatter's data for `dvc plots`")
+    ap.add_argument("--run-facts", required=True, help="oracle calls, cache hits, time (git-ignored, read by no stage)")
     args = ap.parse_args(argv)
     check_params_fresh()
     params, rubric = load_params("calibration"), load_params("rubric")
     oracle = open_oracle(load_params("oracle"), args.cache, args.base, args.pin)
     result, sample_rows = calibrate(read_jsonl(args.chatml), oracle, rubric, params)
+    # evaluate_scorer reads these metrics: only figures the answers decide stay in them, never timings
+    result, facts = split_run_facts(result)
     atomic_write_jsonl(args.sample, sample_rows)
     atomic_write_jsonl(args.failures, oracle.failures)
     atomic_write_json(args.metrics, result)
     atomic_write_text(args.report, report_markdown(result))
     gold = load_gold(params.gold, rubric) if params.gold else None
     atomic_write_text(args.plot, json.dumps(plot_rows(sample_rows, gold, rubric), indent=1) + "\n")
-    o = result["oracle"]
+    write_run_facts(args.run_facts, {"stage": "calibrate", **facts})
+    o = facts["oracle"]
     print(f"calibrate: verdict {result['verdict']} (validation {result['validation']['verdict']}, gate "
           f"{result['gate']}); oracle calls {o['calls']}, cache hits {o['cache_hits']}, ${o['usd']:.4f} -> {args.report}")
 

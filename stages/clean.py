@@ -8,7 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 from slmforge.curation.clean import clean
-from slmforge.io import atomic_write_json, atomic_write_jsonl, read_jsonl
+from slmforge.io import atomic_write_json, atomic_write_jsonl, read_jsonl, write_run_facts
 from slmforge.params import check_params_fresh, load_params
 from slmforge.runner import run
 
@@ -19,6 +19,7 @@ def main(argv=None):
     ap.add_argument("--kept", required=True)
     ap.add_argument("--rejected", required=True)
     ap.add_argument("--metrics", required=True)
+    ap.add_argument("--run-facts", required=True, help="this run's timings (git-ignored, read by no stage)")
     args = ap.parse_args(argv)
     check_params_fresh()
     params = load_params("clean")
@@ -32,7 +33,9 @@ def main(argv=None):
     metrics["quarantined_at_collect"] = dict(sorted(at_collect.items()))
     atomic_write_jsonl(args.kept, kept)
     atomic_write_jsonl(args.rejected, rejected)
+    timings = {"seconds": metrics.pop("seconds"), "records_per_s": metrics.pop("records_per_s")}
     atomic_write_json(args.metrics, metrics)
+    write_run_facts(args.run_facts, {"stage": "clean", **timings})
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(metrics["reasons"].items(), key=lambda kv: -kv[1]))
     print(f"clean: {metrics['records_in']} in, {metrics['kept']} kept, {metrics['rejected']} rejected "
           f"({reasons or 'none'}) -> {args.kept}")

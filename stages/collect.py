@@ -5,11 +5,12 @@ Run: dvc repro collect   (python -m stages.collect --source sample --out data/ra
 
 import argparse
 import os
+import time
 import uuid
 from collections import Counter
 from datetime import datetime, timezone
 
-from slmforge.io import atomic_write_json, atomic_write_jsonl
+from slmforge.io import atomic_write_json, atomic_write_jsonl, write_run_facts
 from slmforge.params import check_params_fresh, load_source_params
 from slmforge.runner import run
 from slmforge.sources import COLLECTORS
@@ -21,10 +22,13 @@ def main(argv=None):
     ap.add_argument("--out", required=True)
     ap.add_argument("--quarantine", required=True)
     ap.add_argument("--metrics", required=True)
+    ap.add_argument("--run-facts", required=True, help="this run's time and run id (git-ignored, read by no stage)")
     args = ap.parse_args(argv)
     check_params_fresh()
     params = load_source_params(args.source)
-    # A run id ties every record to this pull; inside `dvc exp run` it is the experiment's name.
+    start = time.perf_counter()
+    # A run id ties every record of a live pull to it (a local source's records carry none: they are no
+    # snapshot); inside `dvc exp run` it is the experiment's name.
     run_id = os.environ.get("DVC_EXP_NAME") or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     quarantine: list[dict] = []
     stats: dict = {}  # what the source reports of the pull: pages, calls, quota left, seed-filter drops
@@ -39,6 +43,8 @@ def main(argv=None):
         "by_origin": dict(sorted(Counter(r["meta"].get("origin", r["source"]) for r in records).items())),
         "source": stats,
     })
+    write_run_facts(args.run_facts, {"stage": f"collect@{args.source}", "run_id": run_id,
+                                     "seconds": round(time.perf_counter() - start, 2)})
     print(f"collect@{args.source}: {len(records)} records, {len(quarantine)} quarantined -> {args.out}")
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from slmforge.evaluation.compare import compare, json_safe, plot_rows
 from slmforge.evaluation.report import render
-from slmforge.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl
-from slmforge.oracle.client import open_oracle
+from slmforge.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl, write_run_facts
+from slmforge.oracle.client import open_oracle, split_run_facts
 from slmforge.params import check_params_fresh, load_params
 from slmforge.runner import run
 
@@ -29,6 +29,7 @@ def main(argv=None):
     ap.add_argument("--report", required=True)
     ap.add_argument("--items", required=True)
     ap.add_argument("--plots-dir", required=True, help="data for `dvc plots`: per-source bars, judge outcomes")
+    ap.add_argument("--run-facts", required=True, help="judge calls, generations found in the store (git-ignored)")
     args = ap.parse_args(argv)
     check_params_fresh()
     params = load_params("eval")
@@ -48,7 +49,11 @@ def main(argv=None):
     bars, judge = plot_rows(result)
     atomic_write_text(Path(args.plots_dir) / "eval_per_source.json", json.dumps(bars, indent=1) + "\n")
     atomic_write_text(Path(args.plots_dir) / "eval_judge.json", json.dumps(judge, indent=1) + "\n")
-    atomic_write_json(args.metrics, json_safe({k: v for k, v in result.items() if k != "items"}))
+    # How many generations the store already held says what ran, not what the models answer: a run fact.
+    cached = {side: result[side].pop("generations_cached") for side in ("base", "tuned")}
+    metrics, facts = split_run_facts({k: v for k, v in result.items() if k != "items"})
+    atomic_write_json(args.metrics, json_safe(metrics))
+    write_run_facts(args.run_facts, {"stage": "evaluate", "generations_cached": cached, **facts})
     s = result["stats"]
     print(f"evaluate: {result['verdict']} on {result['metric']} (Wilcoxon p {s['wilcoxon_p']:.3g}, Cohen's d "
           f"{s['cohens_d']:+.2f}, improvement {s['relative_improvement']:+.1%}); judge win rate "

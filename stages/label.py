@@ -9,9 +9,9 @@ import json
 from pathlib import Path
 
 from slmforge.calibration import effective_gate
-from slmforge.io import UserError, atomic_write_json, atomic_write_jsonl, read_jsonl
+from slmforge.io import UserError, atomic_write_json, atomic_write_jsonl, read_jsonl, write_run_facts
 from slmforge.labeling import label_metrics, label_rows
-from slmforge.oracle.client import open_oracle
+from slmforge.oracle.client import open_oracle, split_run_facts
 from slmforge.params import check_params_fresh, load_params
 from slmforge.runner import run
 
@@ -26,6 +26,7 @@ def main(argv=None):
     ap.add_argument("--out", required=True)
     ap.add_argument("--failures", required=True)
     ap.add_argument("--metrics", required=True)
+    ap.add_argument("--run-facts", required=True, help="oracle calls, cache hits, time (git-ignored, read by no stage)")
     args = ap.parse_args(argv)
     check_params_fresh()
     params, rubric, oracle_params = load_params("label"), load_params("rubric"), load_params("oracle")
@@ -44,8 +45,10 @@ def main(argv=None):
                **oracle.metrics()}
     atomic_write_jsonl(args.out, out)
     atomic_write_jsonl(args.failures, oracle.failures)
+    metrics, facts = split_run_facts(metrics)
     atomic_write_json(args.metrics, metrics)
-    o = metrics["oracle"]
+    write_run_facts(args.run_facts, {"stage": "label", **facts})
+    o = facts["oracle"]
     print(f"label: {metrics['labelled']} rows labelled, {metrics['failed']} failed, {metrics['dropped']} dropped; "
           f"tiers {metrics['tiers']}; oracle calls {o['calls']}, cache hits {o['cache_hits']}, ${o['usd']:.4f}")
 

@@ -5,8 +5,8 @@ Run: dvc repro synthesize   (python -m stages.synthesize --kept data/clean/kept.
 
 import argparse
 
-from slmforge.io import atomic_write_json, atomic_write_jsonl, read_jsonl
-from slmforge.oracle.client import open_oracle
+from slmforge.io import atomic_write_json, atomic_write_jsonl, read_jsonl, write_run_facts
+from slmforge.oracle.client import open_oracle, split_run_facts
 from slmforge.params import check_params_fresh, load_params
 from slmforge.runner import run
 from slmforge.synthesis import synthesize
@@ -21,6 +21,7 @@ def main(argv=None):
     ap.add_argument("--out", required=True)
     ap.add_argument("--failures", required=True)
     ap.add_argument("--metrics", required=True)
+    ap.add_argument("--run-facts", required=True, help="oracle calls, cache hits, time (git-ignored, read by no stage)")
     args = ap.parse_args(argv)
     check_params_fresh()
     params, oracle_params = load_params("synthesize"), load_params("oracle")
@@ -34,9 +35,12 @@ def main(argv=None):
         pairs, metrics = synthesize(records, oracle, params)
     atomic_write_jsonl(args.out, pairs)
     atomic_write_jsonl(args.failures, oracle.failures if oracle else [])
+    metrics, facts = split_run_facts(metrics)
     atomic_write_json(args.metrics, metrics)
+    write_run_facts(args.run_facts, {"stage": "synthesize", **facts})
+    o = facts["oracle"]
     print(f"synthesize: {metrics['pairs']} pairs from {metrics['documents']} documents; oracle calls "
-          f"{metrics['oracle']['calls']}, cache hits {metrics['oracle']['cache_hits']}, ${metrics['oracle']['usd']:.4f}")
+          f"{o['calls']}, cache hits {o['cache_hits']}, ${o['usd']:.4f}")
 
 
 if __name__ == "__main__":

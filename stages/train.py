@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from slmforge.distributed import relaunch
-from slmforge.io import read_jsonl
+from slmforge.io import read_jsonl, write_run_facts
 from slmforge.params import check_params_fresh, load_params
 from slmforge.runner import run
 from slmforge.training import train
@@ -26,6 +26,7 @@ def main(argv=None):
     ap.add_argument("--adapter", required=True)
     ap.add_argument("--metrics-dir", required=True)
     ap.add_argument("--checkpoints", required=True)
+    ap.add_argument("--run-facts", required=True, help="time, resumption, processes (git-ignored, read by no stage)")
     args = ap.parse_args(argv)
     check_params_fresh()
     params = load_params("train")
@@ -43,6 +44,7 @@ def main(argv=None):
     )
     if summary is None:  # not the main process: it writes nothing and says nothing
         return
+    write_run_facts(args.run_facts, {"stage": "train", **summary.pop("run")})
     print(f"train: eval loss {summary['eval_loss']:.4f} (best {summary['best_eval_loss']:.4f} at step "
           f"{summary['best_step']}), gap {summary['train_eval_gap']:+.3f}, {summary['world_size']} process(es) "
           f"-> {args.adapter}")

@@ -7,7 +7,7 @@ Run: dvc repro train_scorer   (python -m stages.train_scorer --split-dir data/sp
 import argparse
 from pathlib import Path
 
-from slmforge.io import read_jsonl
+from slmforge.io import read_jsonl, write_run_facts
 from slmforge.params import check_params_fresh, load_params
 from slmforge.runner import run
 from slmforge.scoring import train_scorer
@@ -22,6 +22,7 @@ def main(argv=None):
     ap.add_argument("--out", required=True, help="the scorer's folder (adapter, head, tokenizer, card)")
     ap.add_argument("--metrics-dir", required=True)
     ap.add_argument("--checkpoints", required=True)
+    ap.add_argument("--run-facts", required=True, help="this run's time (git-ignored, read by no stage)")
     args = ap.parse_args(argv)
     check_params_fresh()
     split = Path(args.split_dir)
@@ -32,6 +33,7 @@ def main(argv=None):
         base_dir=Path(args.base), base_json=Path(args.pin), out_dir=Path(args.out),
         metrics_dir=Path(args.metrics_dir), checkpoint_dir=Path(args.checkpoints),
     )
+    write_run_facts(args.run_facts, {"stage": "train_scorer", **summary.pop("run")})
     print(f"train_scorer: {summary['train_examples']} examples, val MSE {summary['eval_mse']:.4f} (best "
           f"{summary['best_eval_mse']:.4f} at step {summary['best_step']}) -> {args.out}")
 

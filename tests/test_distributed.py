@@ -22,7 +22,7 @@ from slmforge.io import UserError
 BIN = Path(sys.executable).parent
 STAGE_ARGS = ["--split-dir", "data/split", "--base", "models/base", "--pin", "models/base.json",
               "--chatml-metrics", "metrics/chatml.json", "--adapter", "models/adapter", "--metrics-dir",
-              "metrics/train", "--checkpoints", "checkpoints/train"]
+              "metrics/train", "--checkpoints", "checkpoints/train", "--run-facts", "metrics/runs/train.json"]
 
 
 def fact_rows(root: Path, phrasings: range, n_facts: int) -> list[dict]:
@@ -83,7 +83,9 @@ def test_two_cpu_processes_train_one_adapter(project):
     metrics = json.loads((project / "metrics/train/metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["last_step"] == 4, metrics
     card = json.loads((project / "models/adapter/slmforge_adapter.json").read_text())["metrics"]
-    ranks = card["ranks"]
+    # which process ran where is a fact of this run, not of the adapter: in the run facts, not in the card
+    assert "ranks" not in card and "train_seconds" not in card
+    ranks = json.loads((project / "metrics/runs/train.json").read_text())["ranks"]
     assert [r["rank"] for r in ranks] == [0, 1] and len({r["pid"] for r in ranks}) == 2, ranks
     assert all(r["steps"] == 4 and r["device"].startswith("cpu") for r in ranks), ranks
     assert card["distributed"] == "ddp_cpu" and card["load_in_4bit"] is True, card

@@ -32,7 +32,8 @@ def run_label(project, verdict: str) -> subprocess.CompletedProcess:
     env["SLMFORGE_CACHE"] = str(project / "store")
     return subprocess.run([sys.executable, "-m", "stages.label", "--chatml", "chat.jsonl", "--calibration",
                            "calibration.json", "--base", "no-model-here", "--pin", "no-pin", "--cache", "cache",
-                           "--out", "labels.jsonl", "--failures", "failures.jsonl", "--metrics", "label.json"],
+                           "--out", "labels.jsonl", "--failures", "failures.jsonl", "--metrics", "label.json",
+                           "--run-facts", "runs/label.json"],
                           cwd=project, env=env, capture_output=True, text=True)
 
 

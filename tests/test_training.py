@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from slmforge.training import epoch_rounds, pack_rounds, tokenize_chat
+from slmforge.training import epoch_rounds, pack_rounds, tokenize_chat, training_datasets
 from tests.conftest import chat_row
 
 
@@ -155,3 +155,52 @@ def test_the_stage_trainer_computes_trl_fused_heads_loss_gradients_and_accuracy(
     assert torch.nn.functional.cosine_similarity(grad_a, grad_b, dim=0) > 0.999
     assert (grad_a.norm() / grad_b.norm()).item() == pytest.approx(1.0, rel=1e-2)
     assert acc_a == pytest.approx(acc_b, abs=1e-6)
+
+
+def test_every_train_and_val_row_is_accounted_for(tokenizer):
+    """rows in = rows used + rows dropped, by reason: a capped row, one no epoch picks (its origin weighs 0), one
+    whose answer max_seq_len cuts away; a row cut short but with answer tokens left is used and counted as such."""
+    import dataclasses
+
+    from slmforge.params import TrainParams, build, compose
+    from tests.conftest import ROOT
+
+    long_question = "Explain the design of this experiment in detail. " * 40  # far beyond 64 tokens
+    train = [chat_row("kept", "What is SRM?", "Sample ratio mismatch."),
+             chat_row("cut-away", long_question, "An answer the cut leaves nothing of."),
+             chat_row("cut-short", "What is MDE?", "The minimum detectable effect, " + "and more words " * 30),
+             chat_row("unweighted", "What is CUPED?", "Variance reduction.", origin="noise"),
+             chat_row("capped", "Past the cap?", "Yes.")]
+    val = [chat_row("v-kept", "What is alpha?", "0.05."), chat_row("v-cut-away", long_question, "Gone.")]
+    params = dataclasses.replace(build(TrainParams, compose(ROOT / "conf")["train"], "train"), max_seq_len=64,
+                                 max_train_examples=4, origin_weights={"noise": 0.0}, packing=True)
+    accounting: dict = {}
+    train_ds, val_ds = training_datasets(train, val, tokenizer, params, accounting)
+    assert accounting["train"] == {"rows_in": 5, "rows_used": 2, "truncated": 1, "accounting_ok": True, "dropped": {
+        "answer_truncated_away": 1, "max_train_examples": 1, "origin_weight": 1}}
+    assert accounting["val"] == {"rows_in": 2, "rows_used": 1, "truncated": 0, "accounting_ok": True,
+                                 "dropped": {"answer_truncated_away": 1}}
+    assert len(val_ds) == 1 and sum(len(x["seq_lengths"]) for x in train_ds) == 2
+
+
+def test_the_same_adapter_config_is_the_same_bytes_whatever_the_hash_seed(tmp_path):
+    """PEFT writes target_modules in its set's order, which follows the process's string hash seed; sorted, two
+    processes write the same file (the raw files of these two seeds differ: the test can tell)."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    code = ("import shutil, sys; from peft import LoraConfig; from slmforge.training import canonical_adapter_config; "
+            "LoraConfig(r=8, target_modules=['q_proj','k_proj','v_proj','o_proj','gate_proj','up_proj','down_proj'])"
+            ".save_pretrained(sys.argv[1] + '/raw'); shutil.copytree(sys.argv[1] + '/raw', sys.argv[1] + '/sort'); "
+            "canonical_adapter_config(sys.argv[1] + '/sort')")
+    written = {}
+    for seed in ("1", "2"):
+        subprocess.run([sys.executable, "-c", code, str(tmp_path / seed)], check=True, cwd=ROOT,
+                       env={**os.environ, "PYTHONHASHSEED": seed}, capture_output=True)
+        for mode in ("raw", "sort"):
+            written[seed, mode] = (tmp_path / seed / mode / "adapter_config.json").read_bytes()
+    assert written["1", "raw"] != written["2", "raw"]
+    assert written["1", "sort"] == written["2", "sort"]

@@ -1,9 +1,10 @@
 """The `slmforge` command: `compose` writes params.yaml from conf/; `chat` talks to base + adapter;
 `merge` exports a merged model; `score` scores records with the student scorer; `doctor` says what this
-machine can run; `push` shares every run with the team (`dvc push --run-cache` and the outputs its records name).
+machine can run; `push` shares every run with the team (`dvc push --run-cache` and the outputs its records name);
+`verify` re-runs the pipeline in a temporary clone and says which stages' outputs differ from dvc.lock.
 
 Run: slmforge chat | slmforge merge --out models/merged | slmforge score FILE --out OUT | slmforge doctor |
-slmforge compose [OVERRIDE ...] | slmforge push [--remote NAME]
+slmforge compose [OVERRIDE ...] | slmforge push [--remote NAME] | slmforge verify [--until STAGE]
 """
 
 from __future__ import annotations
@@ -118,6 +119,19 @@ def main(argv=None) -> None:
                                     "metrics), so a teammate's `dvc repro --pull` restores any run instead of running it")
     p.add_argument("--remote", "-r", default=None, help="DVC remote (default: the repository's default remote)")
     p.add_argument("--jobs", "-j", type=int, default=None)
+    p = sub.add_parser("verify", help="re-run the pipeline in a temporary clone of HEAD and report, stage by stage, "
+                                      "which outputs differ from the committed dvc.lock (docs/lineage.md)")
+    p.add_argument("--until", default=None, help="re-run only up to and including this stage (e.g. split)")
+    p.add_argument("--only", nargs="+", default=None, metavar="STAGE",
+                   help="re-run only these stages, their inputs checked out from the DVC cache")
+    p.add_argument("--answers", choices=["auto", "fresh", "reuse"], default="auto",
+                   help="the oracle's answers: asked again from an empty store (fresh), or taken from the answer "
+                        "store (reuse); auto: fresh for the local oracle, reuse for a paid API")
+    p.add_argument("--workdir", default=None, help="the folder to clone in, under a new folder of its own "
+                                                     "(default: the system's temporary folder)")
+    p.add_argument("--keep", action="store_true", help="keep the clone afterwards, to look at what differs")
+    p.add_argument("--json", default=None, help="also write the report as JSON to this file")
+    p.add_argument("--repo", default=".", help="the repository to check (its HEAD and dvc.lock)")
     args = ap.parse_args(argv)
 
     def command() -> None:
@@ -169,6 +183,10 @@ def main(argv=None) -> None:
             print(report.line(remote))
             if report.missing:
                 sys.exit(1)
+        elif args.command == "verify":
+            from slmforge.verify import main as verify_main
+
+            sys.exit(verify_main(args))
         elif args.command == "doctor":
             from slmforge.doctor import report
 

@@ -130,3 +130,17 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def write_run_facts(path: str | Path, facts: dict) -> None:
+    """What this run of a stage did, as opposed to what it made: wall-clock times, calls made against answers
+    found in a cache, host and thread count. They differ from run to run, so they stay out of every output DVC
+    tracks (an output of a deterministic stage is a function of its deps and params: docs/lineage.md); the file
+    is git-ignored, declared nowhere in a stage and read by no stage (`dvc metrics show` lists it)."""
+    import platform
+    import sys
+    from datetime import datetime, timezone
+
+    torch = sys.modules.get("torch")  # the threads a stage computed with, if it used torch at all
+    atomic_write_json(path, {**facts, "finished_at": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
+                             "host": platform.node(), "torch_threads": torch.get_num_threads() if torch else None})

@@ -309,9 +309,18 @@ class CleanParams:
 
 
 @dataclass(frozen=True)
+class CollectCodeParams:
+    """The code a source's collect stage depends on (dvc.yaml): a live API names a constant file for both, so a
+    code change does not repeat a pull."""
+    stage: str  # stages/collect.py
+    library: str  # src/slmforge
+
+
+@dataclass(frozen=True)
 class SampleSourceParams:
     kind: str  # "sample"
     watch: str  # every source: the one path DVC watches (its data folder; a constant file for a live API)
+    code: CollectCodeParams
     path: str
     files: list[str]
     max_records: int  # 0: no cap
@@ -330,6 +339,7 @@ class HttpParams:
 class StackExchangeSourceParams:
     kind: str  # "stackexchange"
     watch: str
+    code: CollectCodeParams
     http: HttpParams
     site: str  # e.g. stats, datascience, stackoverflow
     tags: list[str]  # questions carrying all of these tags (the API's `tagged`)
@@ -348,6 +358,7 @@ class StackExchangeSourceParams:
 class ArxivSourceParams:
     kind: str  # "arxiv"
     watch: str
+    code: CollectCodeParams
     http: HttpParams
     query: str  # the export API's search_query terms, e.g. 'abs:"A/B test"'
     categories: list[str]  # ORed together and ANDed with the query, e.g. [stat.ME, stat.AP]
@@ -373,6 +384,7 @@ class TweetFilterParams:
 class ApifySourceParams:
     kind: str  # "apify"
     watch: str
+    code: CollectCodeParams
     api_url: str  # Apify API root (https://api.apify.com); tests use 127.0.0.1
     actor: str | None  # actor to run, e.g. apidojo/tweet-scraper; null with dataset_id to read a dataset
     run_input: dict[str, Any]  # the actor's input
@@ -388,6 +400,7 @@ class ApifySourceParams:
 class FilesSourceParams:
     kind: str  # "files"
     watch: str
+    code: CollectCodeParams
     paths: list[str]  # files or globs, relative to the project root
     format: str  # auto (by suffix) | csv | json | jsonl | parquet | txt
     record_kind: str  # pair | document
@@ -403,6 +416,7 @@ class FilesSourceParams:
 class HfSourceParams:
     kind: str  # "hf"
     watch: str
+    code: CollectCodeParams
     name: str  # a hub dataset id, or a local folder / data file path
     config: str | None
     split: str

@@ -96,7 +96,7 @@ def train_scorer(*, train_rows: list[dict], val_rows: list[dict], labels: dict[s
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
 
     from slmforge.modeling import compute_dtype, set_threads
-    from slmforge.training import _dvclive_callback
+    from slmforge.training import _dvclive_callback, canonical_adapter_config
 
     set_threads()
     set_seed(params.seed)
@@ -137,20 +137,22 @@ def train_scorer(*, train_rows: list[dict], val_rows: list[dict], labels: dict[s
     best_step, best_eval = min(evals, key=lambda x: x[1])
     summary = {"train_examples": len(train_ex), "val_examples": len(val_ex), "unlabelled_left_out":
                train_missing + val_missing, "eval_mse": final["eval_loss"], "best_eval_mse": best_eval,
-               "best_step": best_step, "last_step": trainer.state.global_step, "train_seconds": seconds}
-    for key in ("eval_mse", "best_eval_mse", "best_step", "last_step", "train_seconds"):
+               "best_step": best_step, "last_step": trainer.state.global_step}
+    for key in ("eval_mse", "best_eval_mse", "best_step", "last_step"):
         live.summary[key] = summary[key]
     live.make_summary()
     live.end()
     with atomic_dir(out_dir) as tmp:
         trainer.model.save_pretrained(tmp)
+        canonical_adapter_config(tmp)  # the same scorer, the same bytes
         tokenizer.save_pretrained(tmp)
         atomic_write_json(Path(tmp) / CARD, {
             "base_model": model_params.hub_id, "model": as_dict(model_params), "rubric": as_dict(rubric),
             "dimensions": list(rubric.dimensions), "head_tokens": params.head_tokens,
             "tail_tokens": params.tail_tokens, "scorer": as_dict(params), "metrics": summary})
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
-    return summary
+    # The time says how the run went, not what it made: outside the scorer's card and metrics (DVC outputs).
+    return {**summary, "run": {"train_seconds": round(seconds, 2)}}
 
 
 def load_scorer(scorer_dir: Path, base_dir: Path, base_json: Path):

@@ -45,12 +45,32 @@ def tokenize_chat(tokenizer, messages: list[dict], max_len: int) -> dict:
     return {"input_ids": ids[:max_len], "labels": labels[:max_len]}
 
 
-def build_dataset(rows: list[dict], tokenizer, max_len: int):
+def tokenize_within(tokenizer, messages: list[dict], max_len: int) -> tuple[dict, str | None]:
+    """tokenize_chat cut to max_len, and what the cut did: None (the conversation fits), "truncated" (answer tokens
+    are left) or "answer_truncated_away" (none is left: nothing to learn from, nothing to score)."""
+    example = tokenize_chat(tokenizer, messages, max_len + 1)  # one token more than fits tells a cut conversation
+    if len(example["input_ids"]) <= max_len:
+        return example, None
+    example = {k: v[:max_len] for k, v in example.items()}
+    return example, "truncated" if any(label != -100 for label in example["labels"]) else "answer_truncated_away"
+
+
+def build_dataset(rows: list[dict], tokenizer, max_len: int, fates: dict[str, set] | None = None):
+    """The examples of `rows`; `fates`, when given, collects the ids of rows cut by max_len, by what the cut did
+    (a row repeated by origin_weights counts once)."""
     from datasets import Dataset
 
-    examples = [tokenize_chat(tokenizer, row["messages"], max_len) for row in rows]
-    # An answer cut off entirely by max_len has nothing to learn from.
-    return Dataset.from_list([e for e in examples if any(label != -100 for label in e["labels"])])
+    kept = []
+    for i, row in enumerate(rows):
+        example, fate = tokenize_within(tokenizer, row["messages"], max_len)
+        if fate is None and not any(label != -100 for label in example["labels"]):
+            fate = "no_answer_tokens"
+        if fate is not None and fates is not None:
+            fates.setdefault(fate, set()).add(row.get("id", i))
+        # An answer cut off entirely by max_len has nothing to learn from: dropped, and counted above.
+        if fate not in ("answer_truncated_away", "no_answer_tokens"):
+            kept.append(example)
+    return Dataset.from_list(kept)
 
 
 def epoch_rounds(rows: list[dict], weights: dict[str, float], seed: int) -> list[list[dict]]:
@@ -80,7 +100,8 @@ def epoch_rounds(rows: list[dict], weights: dict[str, float], seed: int) -> list
     return [r for r in rounds if r]
 
 
-def pack_rounds(rows: list[dict], tokenizer, max_len: int, weights: dict[str, float], seed: int):
+def pack_rounds(rows: list[dict], tokenizer, max_len: int, weights: dict[str, float], seed: int,
+                fates: dict[str, set] | None = None):
     """Packed training rows in which a repeated example never meets its own copy.
 
     Packing all copies at once (best-fit decreasing sorts by length) puts identical copies side by side in
@@ -90,11 +111,24 @@ def pack_rounds(rows: list[dict], tokenizer, max_len: int, weights: dict[str, fl
     from datasets import concatenate_datasets
     from trl.data_utils import pack_dataset
 
-    return concatenate_datasets([pack_dataset(build_dataset(chosen, tokenizer, max_len), max_len, "bfd")
+    return concatenate_datasets([pack_dataset(build_dataset(chosen, tokenizer, max_len, fates), max_len, "bfd")
                                  for chosen in epoch_rounds(rows, weights, seed)])
 
 
 # --- fingerprints -------------------------------------------------------------------------------
+
+def canonical_adapter_config(folder: str | Path) -> None:
+    """Sort the module lists of a saved PEFT adapter_config.json. PEFT keeps target_modules (and exclude_modules)
+    as a set and writes the set's order, which follows Python's per-process string hash seed: two trainings with
+    bit-identical weights wrote two different configs (measured on the tiny profile), and a DVC output must be the
+    same bytes for the same adapter."""
+    path = Path(folder) / "adapter_config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    for key in ("target_modules", "exclude_modules", "modules_to_save"):
+        if isinstance(config.get(key), list):
+            config[key] = sorted(config[key])
+    path.write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")  # PEFT's own layout
+
 
 def file_sha256(path: str | Path) -> str:
     h = hashlib.sha256()
@@ -139,16 +173,40 @@ def _dvclive_callback(live):
     return DvcLiveLogger()
 
 
-def training_datasets(train_rows: list[dict], val_rows: list[dict], tokenizer, params: TrainParams):
-    """(train, val) datasets of input_ids and assistant-only labels; train packed when params.packing."""
+def training_datasets(train_rows: list[dict], val_rows: list[dict], tokenizer, params: TrainParams,
+                      accounting: dict | None = None):
+    """(train, val) datasets of input_ids and assistant-only labels; train packed when params.packing.
+    `accounting`, when given, is filled with what became of every row (`row_accounting`)."""
+    rows_in = train_rows
     if params.max_train_examples:
         train_rows = train_rows[: params.max_train_examples]
+    fates: dict[str, set] = {}
     if params.packing:
-        train_ds = pack_rounds(train_rows, tokenizer, params.max_seq_len, params.origin_weights, params.seed)
+        train_ds = pack_rounds(train_rows, tokenizer, params.max_seq_len, params.origin_weights, params.seed, fates)
     else:
         train_ds = build_dataset([r for chosen in epoch_rounds(train_rows, params.origin_weights, params.seed)
-                                  for r in chosen], tokenizer, params.max_seq_len)
-    return train_ds, build_dataset(val_rows, tokenizer, params.max_seq_len)
+                                  for r in chosen], tokenizer, params.max_seq_len, fates)
+    val_fates: dict[str, set] = {}
+    val_ds = build_dataset(val_rows, tokenizer, params.max_seq_len, val_fates)
+    if accounting is not None:
+        picked = {r["id"] for chosen in epoch_rounds(train_rows, params.origin_weights, params.seed) for r in chosen}
+        accounting["train"] = row_accounting(rows_in, picked, fates, {
+            "max_train_examples": len(rows_in) - len(train_rows),
+            "origin_weight": sum(r["id"] not in picked for r in train_rows)})  # weight 0, or outside its fraction
+        accounting["val"] = row_accounting(val_rows, {r["id"] for r in val_rows}, val_fates, {})
+    return train_ds, val_ds
+
+
+def row_accounting(rows: list[dict], picked: set, fates: dict[str, set], dropped: dict[str, int]) -> dict:
+    """What became of `rows`, as every stage before train accounts for its records: rows in = rows used + rows
+    dropped (by reason). `picked`: the ids that went into the examples; `fates`: build_dataset's cuts."""
+    lost = set().union(*(ids for fate, ids in fates.items() if fate != "truncated"))
+    dropped = {**dropped, **{fate: len(ids) for fate, ids in fates.items() if fate != "truncated"}}
+    dropped = {k: v for k, v in sorted(dropped.items()) if v}
+    used = len(picked - lost)
+    return {"rows_in": len(rows), "rows_used": used, "dropped": dropped,
+            "truncated": len(fates.get("truncated", set()) - lost),  # used, with their end cut by max_seq_len
+            "accounting_ok": len(rows) == used + sum(dropped.values())}
 
 
 def add_lora(model, lora: LoraParams):
@@ -248,7 +306,8 @@ def sft_trainer(**kwargs):
 def train(*, train_rows: list[dict], val_rows: list[dict], data_files: list[Path], model_params: ModelParams,
           lora: LoraParams, params: TrainParams, base_dir: Path, base_json: Path, adapter_dir: Path,
           metrics_dir: Path, checkpoint_root: Path, expected_template_sha: str) -> dict | None:
-    """Train and save the adapter; returns the summary on the main process, None on the others."""
+    """Train and save the adapter; returns the summary on the main process (its "run": this run's timings and
+    processes), None on the others."""
     from accelerate.utils import gather_object
     from dvclive import Live
     from transformers import EarlyStoppingCallback, set_seed
@@ -265,7 +324,8 @@ def train(*, train_rows: list[dict], val_rows: list[dict], data_files: list[Path
         raise UserError("chat template of models/base differs from the one chatml recorded in metrics/chatml.json: "
                         "run `dvc repro chatml`")
 
-    train_ds, val_ds = training_datasets(train_rows, val_rows, tokenizer, params)
+    accounting: dict = {}
+    train_ds, val_ds = training_datasets(train_rows, val_rows, tokenizer, params, accounting)
     n_train_tokens = sum(len(x) for x in train_ds["input_ids"])
 
     model = add_lora(model, lora)
@@ -308,30 +368,32 @@ def train(*, train_rows: list[dict], val_rows: list[dict], data_files: list[Path
         "train_eval_gap": gap,
         "overfit_flag": bool(gap > params.gap_threshold),
         "stopped_early": trainer.state.global_step < trainer.state.max_steps,
-        "resumed_from_step": int(resume.name.split("-")[-1]) if resume else 0,
         "train_examples": len(train_ds),
         "train_tokens_per_epoch": n_train_tokens,
-        "train_seconds": seconds,
-        "train_samples_per_s": result.metrics.get("train_samples_per_second", 0.0),
+        "rows": accounting,  # train and val rows in = used + dropped (max_train_examples, origin_weight, truncation)
         "perplexity_val": math.exp(min(final_eval["eval_loss"], 50)),
         "template_sha256": template_sha,
         "world_size": ctx.world_size,
         "distributed": params.distributed,
         "load_in_4bit": model_params.load_in_4bit,
-        "ranks": ranks,
     }
+    # Times, process ids and devices say how this run went, not what it made: they stay out of the adapter and
+    # of metrics/train (DVC outputs) and go to the stage's run facts.
+    run_facts = {"resumed_from_step": int(resume.name.split("-")[-1]) if resume else 0,
+                 "train_seconds": round(seconds, 2),
+                 "train_samples_per_s": result.metrics.get("train_samples_per_second", 0.0), "ranks": ranks}
     save_adapter(trainer, tokenizer, adapter_dir, model_params=model_params, lora=lora, params=params,
                  summary=summary, data_files=data_files, fingerprint=fingerprint, is_main=ctx.is_main)
     if not ctx.is_main:
         return None
     for key in ("train_loss", "eval_loss", "best_eval_loss", "train_eval_gap", "overfit_flag", "best_step",
-                "last_step", "resumed_from_step", "train_seconds", "world_size"):
+                "last_step", "world_size", "rows"):
         live.summary[key] = summary[key]
     live.make_summary()
     live.end()
     # The adapter is safely in place: the checkpoints of this run are no longer needed for resuming.
     shutil.rmtree(ckpt_dir, ignore_errors=True)
-    return summary
+    return {**summary, "run": run_facts}
 
 
 def save_adapter(trainer, tokenizer, adapter_dir: Path, *, model_params: ModelParams, lora: LoraParams,
@@ -348,6 +410,7 @@ def save_adapter(trainer, tokenizer, adapter_dir: Path, *, model_params: ModelPa
     data = {str(p): file_sha256(p) for p in data_files}
     with atomic_dir(adapter_dir) as tmp:
         trainer.accelerator.unwrap_model(trainer.model).save_pretrained(tmp, state_dict=state_dict)
+        canonical_adapter_config(tmp)
         tokenizer.save_pretrained(tmp)
         atomic_write_json(Path(tmp) / "slmforge_adapter.json", {
             "base_model": model_params.hub_id, "model": as_dict(model_params), "lora": as_dict(lora),
@@ -360,7 +423,9 @@ def save_adapter(trainer, tokenizer, adapter_dir: Path, *, model_params: ModelPa
 def model_card(model_params: ModelParams, lora: LoraParams, params: TrainParams, summary: dict,
                data: dict[str, str]) -> str:
     rows = "\n".join(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |"
-                     for k, v in summary.items() if k not in ("template_sha256", "ranks"))
+                     for k, v in summary.items() if k not in ("template_sha256", "rows"))
+    counts = "\n".join(f"- {part}: {a['rows_in']} rows in, {a['rows_used']} used, dropped {a['dropped'] or 'none'}, "
+                       f"{a['truncated']} cut short by max length" for part, a in summary.get("rows", {}).items())
     files = "\n".join(f"- `{name}`: sha256 `{sha[:16]}…`" for name, sha in data.items())
     return f"""---
 base_model: {model_params.hub_id}
@@ -392,6 +457,9 @@ model = AutoPeftModelForCausalLM.from_pretrained("models/adapter")
 - Training profile `{params.profile}`: epochs={params.epochs}, lr={params.lr}, {params.scheduler} schedule,
   warmup {params.warmup_ratio}, batch {params.batch_size} x accumulation {params.grad_accum},
   max length {params.max_seq_len}, packing={params.packing}, seed={params.seed}
+
+## Rows
+{counts}
 
 ## Training metrics
 | metric | value |

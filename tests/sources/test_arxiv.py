@@ -8,11 +8,13 @@ from xml.sax.saxutils import escape, quoteattr
 import pytest
 
 from slmforge.io import UserError
-from slmforge.params import ArxivSourceParams, HttpParams
+from slmforge.params import ArxivSourceParams, CollectCodeParams, HttpParams
 from slmforge.sources import COLLECTORS
 from slmforge.sources.arxiv import collect
 from slmforge.sources.records import arxiv_document
 from tests.sources.loopback import TRUNCATE, Loopback
+
+LIVE_CODE = CollectCodeParams(stage="metrics/params_check.json", library="metrics/params_check.json")
 
 SAMPLE = Path(__file__).resolve().parents[2] / "data" / "sample" / "arxiv.jsonl"
 ATOM = {"Content-Type": "application/atom+xml; charset=utf-8"}
@@ -90,7 +92,7 @@ class FakeArxiv:
 
 
 def make_params(lb, **changes) -> ArxivSourceParams:
-    base = dict(kind="arxiv", watch="src/slmforge/sources/arxiv.py",
+    base = dict(kind="arxiv", watch="src/slmforge/sources/arxiv.py", code=LIVE_CODE,
                 http=HttpParams(base_url=lb.url + "/api/query", timeout_s=2, max_retries=3, backoff_s=0.001),
                 query='abs:"A/B test"', categories=["stat.ME", "stat.AP"], sort_by="submittedDate",
                 sort_order="descending", page_size=2, delay_s=3.0, max_records=0)

@@ -188,7 +188,7 @@ def test_ids_are_namespaced_and_stable_across_runs(tmp_path):
     first, _, _ = run(params(path), run_id="run-1")
     second, _, _ = run(params(path), run_id="run-2")
     assert [r["id"] for r in first] == [r["id"] for r in second] == ["files:faq:q1", "files:faq:2"]
-    assert {r["provenance"]["run_id"] for r in second} == {"run-2"}
+    assert first == second  # local files are no snapshot: the same records, byte for byte, whatever the run
 
 
 def test_fallback_id_is_the_line_number(tmp_path):
@@ -209,8 +209,8 @@ def test_provenance_and_record_contract(tmp_path):
     assert rec["source"] == "files"
     prov = rec["provenance"]
     assert set(prov) == {"query", "url", "fetched_at", "run_id"}
-    assert prov["run_id"] == "run-42" and prov["url"] is None and str(path) in prov["query"]
-    datetime.fromisoformat(prov["fetched_at"])
+    assert prov["run_id"] is None and prov["fetched_at"] is None  # no pull time: the same files, the same records
+    assert prov["url"] is None and str(path) in prov["query"]
     assert (rec["meta"]["file"], rec["meta"]["line"]) == (path.as_posix(), 1)
 
 
@@ -357,7 +357,8 @@ def stage(project: Path, *args: str) -> subprocess.CompletedProcess:
 def test_bad_input_is_quarantined_and_the_stages_finish_and_account_for_it(tmp_path):
     project = make_project(tmp_path)
     proc = stage(project, "stages.collect", "--source", "files", "--out", "data/raw/files.jsonl",
-                 "--quarantine", "data/raw/files.quarantine.jsonl", "--metrics", "metrics/collect/files.json")
+                 "--quarantine", "data/raw/files.quarantine.jsonl", "--metrics", "metrics/collect/files.json",
+                 "--run-facts", "metrics/runs/collect/files.json")
     assert proc.returncode == 0, proc.stderr[-2000:]
 
     lines = bad_input_lines()
@@ -382,7 +383,7 @@ def test_bad_input_is_quarantined_and_the_stages_finish_and_account_for_it(tmp_p
     assert records[0]["prompt"] == "Why does a test need a sample size?"
     assert records[1]["response"] == "Power is the chance the experiment detects an effect that is really there."
     assert "\r" not in raw and "\ufeff" not in raw and "\\r" not in raw and "\\ufeff" not in raw
-    assert all(r["source"] == "files" and r["provenance"]["run_id"] == "test" for r in records)
+    assert all(r["source"] == "files" and r["provenance"]["run_id"] is None for r in records)
 
     # The counts say so: nothing lost.
     assert metrics["records"] == 3
@@ -392,7 +393,8 @@ def test_bad_input_is_quarantined_and_the_stages_finish_and_account_for_it(tmp_p
     assert f"{3} records, {len(bad) + 1} quarantined" in proc.stdout
 
     proc = stage(project, "stages.clean", "--raw-dir", "data/raw", "--kept", "data/clean/kept.jsonl",
-                 "--rejected", "data/clean/rejected.jsonl", "--metrics", "metrics/clean.json")
+                 "--rejected", "data/clean/rejected.jsonl", "--metrics", "metrics/clean.json",
+                 "--run-facts", "metrics/runs/clean.json")
     assert proc.returncode == 0, proc.stderr[-2000:]
     clean = json.loads((project / "metrics/clean.json").read_text())
     kept = (project / "data/clean/kept.jsonl").read_text().splitlines()

@@ -71,10 +71,12 @@ def test_local_folder_of_jsonl(offline_cache):
     for r in records:
         assert set(r) == {"id", "source", "kind", "prompt", "response", "text", "meta", "provenance"}
         assert (r["source"], r["kind"], r["meta"]["origin"]) == ("hf", "pair", "hf")
-        assert r["provenance"]["run_id"] == "run-7" and r["provenance"]["url"] is None
+        # a local folder is no snapshot: no pull time or run id, so the same files give the same records
+        assert r["provenance"]["run_id"] is None and r["provenance"]["fetched_at"] is None
+        assert r["provenance"]["url"] is None
         assert str(EXAMPLE) in r["provenance"]["query"]
-    again, _, _ = run(params(EXAMPLE))
-    assert [r["id"] for r in again] == [r["id"] for r in records]  # stable across runs
+    again, _, again_stats = run(params(EXAMPLE))
+    assert again == records and again_stats == stats  # the same records (and metrics) on every run
 
 
 def write_rows(path: Path, rows: list[dict]) -> Path:
@@ -171,7 +173,8 @@ def test_hub_id_not_cached_offline_ends_the_stage_in_one_line(tmp_path, offline_
     (project / "params.yaml").write_text(yaml.safe_dump(composed, sort_keys=False))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "DVC_EXP_NAME": "test"}  # offline variables from the fixture
     proc = subprocess.run([sys.executable, "-m", "stages.collect", "--source", "hf", "--out", "raw/hf.jsonl",
-                           "--quarantine", "raw/hf.quarantine.jsonl", "--metrics", "hf.json"],
+                           "--quarantine", "raw/hf.quarantine.jsonl", "--metrics", "hf.json",
+                           "--run-facts", "runs/hf.json"],
                           cwd=project, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]

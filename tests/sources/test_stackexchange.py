@@ -7,11 +7,13 @@ import secrets
 import pytest
 
 from slmforge.io import UserError
-from slmforge.params import HttpParams, StackExchangeSourceParams
+from slmforge.params import CollectCodeParams, HttpParams, StackExchangeSourceParams
 from slmforge.sources import COLLECTORS
 from slmforge.sources.records import html_to_text
 from slmforge.sources.stackexchange import collect
 from tests.sources.loopback import TRUNCATE, Loopback, json_response
+
+LIVE_CODE = CollectCodeParams(stage="metrics/params_check.json", library="metrics/params_check.json")
 
 ROOT_SAMPLE = __import__("pathlib").Path(__file__).resolve().parents[2] / "data" / "sample" / "stackexchange.jsonl"
 KEY = "fake-key-" + secrets.token_hex(6) + "(("  # per run; "((" must be URL-quoted, redaction still finds it
@@ -59,7 +61,7 @@ class FakeSite:
 
 
 def make_params(lb, **changes) -> StackExchangeSourceParams:
-    base = dict(kind="stackexchange", watch="src/slmforge/sources/stackexchange.py",
+    base = dict(kind="stackexchange", watch="src/slmforge/sources/stackexchange.py", code=LIVE_CODE,
                 http=HttpParams(base_url=lb.url, timeout_s=2, max_retries=3, backoff_s=0.001),
                 site="stats", tags=["ab-test", "p-value"], min_score=1, accepted_only=False, from_date=None,
                 to_date=None, sort="votes", page_size=2, max_pages=10, key_env="SLMFORGE_TEST_SE_KEY", max_records=0)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections import Counter
 from pathlib import Path
 
 from slmforge.evaluation.generate import generate, prompt_messages, reference, score_references
@@ -15,6 +16,7 @@ from slmforge.evaluation.metrics import (aggregate, delta, format_ok, hallucinat
 from slmforge.evaluation.stats import paired_stats, verdict, win_rate
 from slmforge.io import UserError
 from slmforge.params import EvalParams, ModelParams
+from slmforge.training import tokenize_within
 
 # Per-item metrics the statistics are computed on: name -> (kind of item, higher is better).
 PAIRED = {"rouge_l": ("test", True), "nll": ("test", False), "token_accuracy": ("test", True),
@@ -47,6 +49,11 @@ def evaluate_model(model, tokenizer, test_rows: list[dict], probes: list[dict], 
                     "eos_rate": mean_or_nan([i["eos"] for i in items]),
                     "format_compliance": mean_or_nan([i["format_ok"] for i in items]),
                     "generations_cached": sum(g["cached"] for g in gen)})
+    # Accounting to the end: every test row's reference is scored whole, cut short by max_len, or cut away
+    # (no token left: its nll is None and it counts in no mean); rows_in = scored + answer_truncated_away.
+    fates = Counter(tokenize_within(tokenizer, r["messages"], max_len)[1] for r in test_rows)
+    summary["references"] = {"rows_in": len(test_rows), "scored": sum(1 for s in scores if s["tokens"]),
+                             "truncated": fates["truncated"], "answer_truncated_away": fates["answer_truncated_away"]}
     return summary, items
 
 

@@ -102,7 +102,8 @@ class Oracle:
     def __init__(self, params: OracleParams, cache: AnswerCache, backend):
         self.params, self.cache, self.backend = params, cache, backend
         # No temperature: the local backend is greedy (deterministic) and the Messages API of this SDK takes none.
-        self.decoding = {"max_field_tokens": params.max_field_tokens}
+        self.decoding = {"max_field_tokens": params.max_field_tokens,
+                         **getattr(backend, "decoding", {})}  # what else shapes a backend's answer (local: numerics)
         self.ledger = Ledger()
         self.failures: list[dict] = []
 
@@ -221,3 +222,19 @@ def open_oracle(params: OracleParams, cache_dir, base_dir=None, base_json=None) 
     if seeded:
         print(f"oracle: {seeded} answers restored from DVC's cache of {cache_dir}", file=sys.stderr)
     return Oracle(params, AnswerCache(cache_dir), make_backend(params, base_dir, base_json))
+
+
+# What a run of an oracle stage did rather than what it made: calls, tokens, dollars and seconds depend on which
+# answers the store already held, so they go to the stage's run facts, not to an output DVC tracks.
+RUN_FACT_KEYS = ("calls", "cache_hits", "tokens_in", "tokens_out", "cache_write_tokens", "cache_read_tokens", "usd",
+                 "seconds")
+
+
+def split_run_facts(metrics: dict) -> tuple[dict, dict]:
+    """(metrics without, run facts with) the ledger's per-run figures of `metrics["oracle"]` (`Oracle.metrics()`):
+    what stays (backend, model, failures) is the same on every run of the same inputs."""
+    oracle = metrics.get("oracle")
+    if not isinstance(oracle, dict):
+        return metrics, {}
+    run = {k: oracle[k] for k in RUN_FACT_KEYS if k in oracle}
+    return {**metrics, "oracle": {k: v for k, v in oracle.items() if k not in run}}, {"oracle": run}

@@ -4,17 +4,48 @@ The answer's JSON is written by us, the values by the model: keys and punctuatio
 expectation over the probabilities of the score tokens (as G-Eval does, so even a small model gives a graded
 score rather than one token's argmax), and a string is generated greedily up to its closing quote. The
 answer is therefore always valid JSON of the schema's shape; only its content is the model's.
+
+The same answer on every machine of a kind, whatever its cores and whatever else runs: on a CPU the oracle
+computes in float32 on THREADS threads of its own, one request at a time. Measured on SmolLM2-135M (8 synth
+requests of the sample corpus, this project's 2-core AVX512-BF16 machine): in bfloat16, 1 thread and 2 threads
+wrote different text for 3 of the 8 documents (for one, other questions: synthesize's de-duplication across
+documents then drops other pairs), because a matrix product split over more threads sums in another order and
+bfloat16 keeps 8 bits of it; greedy decoding takes another token at a near tie and the string follows it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import threading
 from pathlib import Path
 
 from slmforge.io import UserError
 from slmforge.oracle.types import Answer, Request
 from slmforge.params import OracleParams
+
+
+# One thread: a result that depends on no core count, and on a shared 2-core machine the fastest too (8 synth
+# requests: 281 s on one thread against 1,044 s on two while other processes were busy: OpenMP workers spin-wait
+# on each other). A bigger local oracle belongs on a GPU, where this does not apply.
+THREADS = 1
+# Part of every answer's cache key (with the dtype and threads): bump it when the decoding below changes what it
+# writes for a request, so an answer made by another decoder is never taken for this one's.
+DECODER_VERSION = 2
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """torch computes on `n` threads inside, on what it had outside afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def model_fingerprint(path: Path, pin: dict | None) -> str:
@@ -38,18 +69,24 @@ class LocalBackend:
             self.source, self.kwargs = params.model, {"revision": params.revision or "main"}
             self._id = f"{params.model}@{params.revision or 'main'}"
         self.model = None  # loaded on the first call: a run answered from the cache never loads it
+        import torch
+
+        from slmforge.modeling import compute_dtype
+
+        # float32 on a CPU (see the module doc); on a GPU its own half precision, and the same kind of GPU and
+        # library gives the same answer.
+        self.dtype = compute_dtype("auto") if torch.cuda.is_available() else torch.float32
+        self.decoding = {"decoder": DECODER_VERSION, "dtype": str(self.dtype).removeprefix("torch."),
+                         "threads": None if torch.cuda.is_available() else THREADS}
+        self._lock = threading.Lock()  # one request at a time, whatever oracle.concurrency says
 
     def _load(self) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from slmforge.modeling import compute_dtype, set_threads
-
-        set_threads()
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(self.source, **self.kwargs)
-            self.model = AutoModelForCausalLM.from_pretrained(self.source, dtype=compute_dtype("auto"),
-                                                              **self.kwargs).eval()
+            self.model = AutoModelForCausalLM.from_pretrained(self.source, dtype=self.dtype, **self.kwargs).eval()
         except OSError as exc:
             raise UserError(f"oracle.model: cannot load {self.source!r} ({str(exc).splitlines()[0]}); offline, only "
                             f"the embedded `base` or a cached/local model works") from None
@@ -93,12 +130,13 @@ class LocalBackend:
     def complete(self, req: Request) -> Answer:
         import torch
 
-        if self.model is None:
-            self._load()
-        cache, n_head, rest = self._prompt_ids(req)
-        with torch.inference_mode():
-            state = _State(self, cache, rest)
-            value = state.value(req.schema)
+        with self._lock, torch_threads(self.decoding["threads"] or torch.get_num_threads()):
+            if self.model is None:
+                self._load()
+            cache, n_head, rest = self._prompt_ids(req)
+            with torch.inference_mode():
+                state = _State(self, cache, rest)
+                value = state.value(req.schema)
         text = json.dumps(value, ensure_ascii=False)
         return Answer(text=text, tokens_in=n_head + len(rest), parsed=value,
                       tokens_out=len(self.tokenizer.encode(text, add_special_tokens=False)))

@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from slmforge.io import UserError, iter_jsonl
 from slmforge.params import FilesSourceParams
-from slmforge.sources.records import now_iso, record
+from slmforge.sources.records import record
 
 FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl",
            ".parquet": "parquet", ".txt": "txt", ".md": "txt"}
@@ -178,7 +178,6 @@ def collect(params: FilesSourceParams, *, run_id: str, quarantine: list[dict], s
         if not found:  # a typo in one pattern would otherwise drop a whole file set without a word
             raise UserError(f"sources.files.paths: no file matches {pattern!r} (relative to {Path.cwd()})")
         paths.update(found)
-    fetched_at = now_iso()
     records: list[dict] = []
     seen: dict[str, str] = {}
     stats.update(files=len(paths), empty_files=0, rows=0)
@@ -191,8 +190,9 @@ def collect(params: FilesSourceParams, *, run_id: str, quarantine: list[dict], s
                             f"{sorted(set(FORMATS.values()))}")
         if fmt == "txt" and params.record_kind != "document":
             raise UserError(f"{path}: a text file gives documents; set record_kind: document for it")
+        # Local files, not a snapshot: no pull time or run id (null), so the same files give the same records.
         prov = {"source": "files", "query": f"files:{path.as_posix()}", "url": None,
-                "fetched_at": fetched_at, "run_id": run_id}
+                "fetched_at": None, "run_id": None}
         rows_before, quarantined_before = stats["rows"], len(quarantine)
         for line, row in rows_of(path, fmt, params, quarantine) if path.stat().st_size else ():
             stats["rows"] += 1

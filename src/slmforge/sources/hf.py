@@ -62,11 +62,15 @@ def collect(params: HfSourceParams, *, run_id: str, quarantine: list[dict], stat
     missing = sorted(needed - set(ds.column_names))
     if missing:
         raise UserError(f"sources.hf.columns: {params.name!r} has no column {missing[0]!r} (columns: {ds.column_names})")
-    namespace = f"hf:{Path(params.name).name if Path(params.name).exists() else params.name}"
+    local = Path(params.name).exists()
+    namespace = f"hf:{Path(params.name).name if local else params.name}"
+    # A local folder or file is not a snapshot: no pull time or run id (null), so the same files give the same
+    # records. A hub dataset is fetched: it keeps when, and the dataset's fingerprint (for a local one that
+    # hashes file times, not content: DVC's hash of `watch` is the content's).
     prov = {"source": "hf", "query": f"hf:{params.name}:{params.config}:{params.split}",
-            "url": None if Path(params.name).exists() else f"https://huggingface.co/datasets/{params.name}",
-            "fetched_at": now_iso(), "run_id": run_id}
-    stats.update(rows=len(ds), fingerprint=getattr(ds, "_fingerprint", None))
+            "url": None if local else f"https://huggingface.co/datasets/{params.name}",
+            "fetched_at": None if local else now_iso(), "run_id": None if local else run_id}
+    stats.update(rows=len(ds), **({} if local else {"fingerprint": getattr(ds, "_fingerprint", None)}))
     records, seen = [], set()
     for i, row in enumerate(tqdm(ds, desc="hf", unit="rec", disable=None)):
         rec, reason = map_row(row, columns=params.columns, meta_columns=params.meta_columns,

@@ -9,7 +9,7 @@ from tqdm import tqdm
 
 from slmforge.io import UserError, read_jsonl
 from slmforge.params import SampleSourceParams
-from slmforge.sources.records import arxiv_document, now_iso, record, stackexchange_pair, tweet_pair
+from slmforge.sources.records import arxiv_document, record, stackexchange_pair, tweet_pair
 
 
 def fact_pairs(fact: dict, **prov) -> list[dict]:
@@ -34,9 +34,11 @@ PARSERS = {
 
 
 def collect(params: SampleSourceParams, *, run_id: str, quarantine: list[dict], stats: dict) -> list[dict]:
-    """All records of the sample corpus, in file order; unparseable items go to `quarantine`."""
+    """All records of the sample corpus, in file order; unparseable items go to `quarantine`.
+
+    A local source, not a snapshot: no pull time and no run id in the records (both null), so the same files
+    give byte-identical records on every run and machine (`run_id` is part of every collector's signature)."""
     root = Path(params.path)
-    fetched_at = now_iso()
     records: list[dict] = []
     for name in tqdm(params.files, desc="sample", unit="file", disable=None):
         if name not in PARSERS:
@@ -44,7 +46,7 @@ def collect(params: SampleSourceParams, *, run_id: str, quarantine: list[dict], 
         for item in read_jsonl(root / name, quarantine):
             try:
                 found = PARSERS[name](item, source="sample", query=f"sample:{name}",
-                                      fetched_at=fetched_at, run_id=run_id)
+                                      fetched_at=None, run_id=None)
             except (KeyError, TypeError, AttributeError) as exc:
                 quarantine.append({"file": str(root / name), "reason": f"bad item: {type(exc).__name__}: {exc}",
                                    "raw": json.dumps(item)[:500]})
