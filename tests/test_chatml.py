@@ -74,3 +74,24 @@ def test_token_histogram_counts_every_row(tokenizer):
     assert sum(hist.values()) == len(rows) == 11
     assert metrics["tokens"]["max"] == max(r["meta"]["tokens"] for r in rows)
     assert hist["le_inf"] == sum(r["meta"]["tokens"] > 128 for r in rows) > 0
+
+
+def test_the_stage_stops_in_one_line_when_no_record_becomes_a_chat_row(tmp_path, monkeypatch, base_model, root):
+    import json
+    import shutil
+
+    from stages.chatml import main
+
+    shutil.copytree(root / "conf", tmp_path / "conf")
+    shutil.copy(root / "params.yaml", tmp_path / "params.yaml")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    docs = [raw(f"d{k}", kind="document", prompt="", response="", text="A paper.") for k in range(2)]
+    (tmp_path / "kept.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    (tmp_path / "pairs.jsonl").write_text("")  # synthesize made no pair from them
+    with pytest.raises(UserError) as info:
+        main(["--kept", "kept.jsonl", "--synthetic", "pairs.jsonl", "--base", str(base_model[0]), "--out", "all.jsonl",
+              "--metrics", "m.json"])
+    assert str(info.value) == ("chatml: all 2 records were removed (kind_document 2); see chatml.kinds, "
+                               "chatml.max_tokens and chatml.overflow in conf/chatml/")
+    assert not (tmp_path / "all.jsonl").exists()

@@ -50,3 +50,30 @@ def test_enforced_gate_lets_a_pass_through(project):
     # PASS goes on to the oracle: here it stops at the (deliberately) missing base model, past the gate.
     proc = run_label(project, "PASS")
     assert proc.returncode == 1 and "models/base" in proc.stderr and "calibration.gate" not in proc.stderr
+
+
+def test_a_label_that_drops_every_row_stops_naming_the_tier(tmp_path, monkeypatch):
+    from slmforge.io import UserError
+    from stages.label import main
+    from tests.oracle.messages_server import running_messages_server
+    from tests.stage_project import make_project
+
+    answer = json.dumps({"relevance": 1, "correctness": 1, "helpfulness": 1})  # every row scores in `reject`
+    with running_messages_server(lambda body: answer) as server:
+        project = make_project(tmp_path / "p", "oracle=claude", f"oracle.base_url={server.base_url}",
+                               "label.drop_tiers=[reject]", "calibration.gate=warn")
+        monkeypatch.chdir(project)
+        monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+        monkeypatch.setenv("SLMFORGE_CACHE", str(project / "store"))
+        monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-" + "x" * 30)
+        (project / "chat.jsonl").write_text("".join(json.dumps({
+            "id": f"r{k}", "source": "s", "meta": {}, "provenance": {},
+            "messages": [{"role": "user", "content": f"q{k}"}, {"role": "assistant", "content": "r"}]}) + "\n"
+            for k in range(3)))
+        (project / "calibration.json").write_text(json.dumps({"verdict": "FAIL", "reasons": ["x"]}))
+        with pytest.raises(UserError) as info:
+            main(["--chatml", "chat.jsonl", "--calibration", "calibration.json", "--base", "none", "--pin", "none",
+                  "--cache", "cache", "--out", "labels.jsonl", "--failures", "failures.jsonl", "--metrics", "l.json"])
+    assert str(info.value) == ("label: all 3 records were removed (tier reject (label.drop_tiers) 3); "
+                               "label.drop_tiers=['reject'] drops every labelled row; see metrics/calibration.json")
+    assert not (project / "labels.jsonl").exists()

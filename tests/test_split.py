@@ -269,3 +269,21 @@ def test_stage_writes_splits_and_metrics(tmp_path, monkeypatch, root, capsys):
     assert sum(metrics["counts"].values()) == len(rows) and metrics["leakage"]["gate"] == "semantic"
     assert not list((tmp_path / "out").glob(".*"))  # no temporary files left behind
     assert capsys.readouterr().out.count("\n") == 1
+
+
+def test_the_stage_stops_in_one_line_when_every_row_is_in_a_dropped_tier(tmp_path, monkeypatch, root):
+    from stages.split import main
+
+    shutil.copytree(root / "conf", tmp_path / "conf")
+    shutil.copy(root / "params.yaml", tmp_path / "params.yaml")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    rows = [chat_row(f"r{k}", f"question {k}?", "answer") for k in range(4)]
+    (tmp_path / "all.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "labels.jsonl").write_text("".join(json.dumps(label(r["id"], "reject", dropped=True)) + "\n"
+                                                   for r in rows))
+    with pytest.raises(UserError) as info:
+        main(["--chatml", "all.jsonl", "--labels", "labels.jsonl", "--out-dir", "out", "--metrics", "m.json"])
+    assert str(info.value) == ("split: all 4 records were removed (tier reject (label.drop_tiers) 4); nothing is left "
+                               "to train on: empty label.drop_tiers, or look at metrics/label.json")
+    assert not (tmp_path / "out").exists()

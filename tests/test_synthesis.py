@@ -49,8 +49,8 @@ class FixedPairs:
         return Answer(text=json.dumps({"pairs": pairs}), tokens_in=100, tokens_out=50)
 
 
-def oracle(tmp_path, backend) -> Oracle:
-    data = yaml.safe_load((ROOT / "conf/oracle/local.yaml").read_text())
+def oracle(tmp_path, backend, **overrides) -> Oracle:
+    data = {**yaml.safe_load((ROOT / "conf/oracle/local.yaml").read_text()), **overrides}
     return Oracle(build(OracleParams, data, "oracle"), AnswerCache(tmp_path / "out", store=tmp_path / "store"), backend)
 
 
@@ -113,7 +113,8 @@ def test_too_short_answers_are_dropped_and_counted(tmp_path):
 
 def test_a_document_whose_answer_fails_is_counted(tmp_path):
     backend = FixedPairs({"Good": [("Q1?", LONG), ("Q2?", LONG)], "Bad": [("Only one?", LONG)]})  # 1 of 2 pairs
-    pairs, metrics = synthesize([doc("arxiv:1", "Good"), doc("arxiv:2", "Bad")], oracle(tmp_path, backend), params())
+    pairs, metrics = synthesize([doc("arxiv:1", "Good"), doc("arxiv:2", "Bad")],
+                                oracle(tmp_path, backend, max_failure_share=0.5), params())
     assert len(pairs) == 2 and metrics["dropped"] == {"oracle_failure": 1}
     assert metrics["oracle"]["failures"] == 1
 

@@ -22,6 +22,18 @@ CHAT_HELP = """commands:
   /exit, /quit    leave (so does end of input, Ctrl-D)"""
 
 
+COMPOSE_HELP = """Compose conf/ into params.yaml (what `dvc exp run` does before it runs), check every value, and
+write it. Overrides are written on the first line of params.yaml, so every stage knows them and accepts the
+file as fresh:
+
+  slmforge compose lora.r=8 && dvc repro          # run the pipeline with lora.r=8 (until the next compose)
+  slmforge compose model=llama32_3b train=gpu     # pick other options of the groups in conf/
+  slmforge compose 'sources=[sample,files]'       # a list of sources
+  slmforge compose                                # back to conf/ as it is
+
+`dvc exp run -S lora.r=8` does the same as an experiment. A bad key or value stops here in one line."""
+
+
 def chat_loop(session) -> None:
     """Read a line, answer it streamed; slash commands steer the session."""
     try:
@@ -85,8 +97,9 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(prog="slmforge", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("compose", help="compose conf/ into params.yaml as `dvc exp run` does")
-    p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=llama32_3b lora.r=8")
+    p = sub.add_parser("compose", help="compose conf/ into params.yaml as `dvc exp run` does",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, description=COMPOSE_HELP)
+    p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=llama32_3b lora.r=8 'sources=[files]'")
     p.add_argument("--conf", default="conf")
     p.add_argument("--out", default="params.yaml")
 
@@ -139,7 +152,8 @@ def main(argv=None) -> None:
             from slmforge.params import compose_to_file
 
             compose_to_file(args.conf, args.out, args.overrides)
-            print(f"wrote {args.out} from {args.conf}/" + (f" with {' '.join(args.overrides)}" if args.overrides else ""))
+            print(f"wrote {args.out} from {args.conf}/" + (f" with {' '.join(args.overrides)} (named on its first "
+                                                           "line, so `dvc repro` runs with them)" if args.overrides else ""))
         elif args.command == "chat":
             from slmforge.chat import ChatSession, load_chat_model
             from slmforge.modeling import set_threads

@@ -156,6 +156,7 @@ class OracleParams:
     prompt_cache: bool  # mark the shared rubric prefix for prompt caching (claude)
     batch: bool  # label through the Message Batches API (claude)
     batch_poll_s: float
+    max_failure_share: float  # a stage whose share of failed oracle requests is above this stops (0.05 = 5%)
 
 
 @dataclass(frozen=True)
@@ -298,6 +299,7 @@ class DedupParams:
 
 @dataclass(frozen=True)
 class CleanParams:
+    sources: list[str]  # the configured sources, whose raw files clean reads: derived from `sources`, never set
     required: dict[str, list[str]]  # kind -> fields that must be non-empty strings
     max_record_bytes: int
     normalise: NormaliseParams
@@ -486,7 +488,8 @@ def _check_type(value: Any, tp: Any, where: str) -> None:
     if tp is int and isinstance(value, bool):
         raise UserError(f"{where}: expected an integer, got {value!r}")
     if not isinstance(value, tp):
-        raise UserError(f"{where}: expected {tp.__name__}, got {value!r}")
+        kind = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, tp.__name__)
+        raise UserError(f"{where}: expected {kind}, got {value!r}")
 
 
 def build(cls: type, data: Any, where: str):
@@ -545,28 +548,60 @@ def load_source_params(name: str, path: str | Path = "params.yaml"):
 
 # --- composition -------------------------------------------------------------------------------
 
+# `slmforge compose OVERRIDE ...` writes its overrides on the first line of params.yaml, so the freshness check
+# compares the file with conf/ composed the same way (a YAML comment: DVC and every reader ignore it).
+OVERRIDES_HEADER = "# slmforge compose "
+
+
 def compose(conf_dir: str | Path = "conf", overrides: list[str] | None = None) -> dict:
-    """Compose conf/ exactly as DVC's Hydra integration does for `dvc exp run` (dvc.utils.hydra)."""
+    """Compose conf/ exactly as DVC's Hydra integration does for `dvc exp run` (dvc.utils.hydra); a bad override
+    or a missing option is one UserError line, not Hydra's traceback."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
     from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
 
+    overrides = list(overrides or [])
     GlobalHydra.instance().clear()
-    with initialize_config_dir(str(Path(conf_dir).resolve()), version_base=None):
-        cfg = hydra_compose(config_name="config", overrides=list(overrides or []))
-    OmegaConf.resolve(cfg)
+    try:
+        with initialize_config_dir(str(Path(conf_dir).resolve()), version_base=None):
+            cfg = hydra_compose(config_name="config", overrides=overrides)
+        OmegaConf.resolve(cfg)
+    except (HydraException, OmegaConfBaseException) as exc:
+        from slmforge.validation import composition_error
+
+        raise UserError(composition_error(exc, overrides, conf_dir)) from None
     return OmegaConf.to_container(cfg)
 
 
 def compose_to_file(conf_dir: str | Path = "conf", out: str | Path = "params.yaml",
                     overrides: list[str] | None = None) -> None:
+    """params.yaml from conf/ (and overrides), validated first: a bad value never reaches a stage."""
+    import shlex
+
     from omegaconf import OmegaConf
 
     from slmforge.io import atomic_write_text
+    from slmforge.validation import validate
 
-    # Same serialisation as DVC (OmegaConf.to_yaml), so the file is byte-identical to what `dvc exp run` writes.
-    atomic_write_text(out, OmegaConf.to_yaml(OmegaConf.create(compose(conf_dir, overrides))))
+    overrides = list(overrides or [])
+    data = compose(conf_dir, overrides)
+    validate(data, f"conf/{' with ' + ' '.join(overrides) if overrides else ''}")
+    # Same serialisation as DVC (OmegaConf.to_yaml), so without overrides the file is byte-identical to what
+    # `dvc exp run` writes.
+    header = f"{OVERRIDES_HEADER}{shlex.join(overrides)}\n" if overrides else ""
+    atomic_write_text(out, header + OmegaConf.to_yaml(OmegaConf.create(data)))
+
+
+def composed_overrides(params_path: str | Path = "params.yaml") -> list[str]:
+    """The overrides `slmforge compose` wrote params.yaml with (none for a plain compose or `dvc exp run`)."""
+    import shlex
+
+    path = Path(params_path)
+    first = path.read_text(encoding="utf-8").split("\n", 1)[0] if path.exists() else ""
+    return shlex.split(first[len(OVERRIDES_HEADER):]) if first.startswith(OVERRIDES_HEADER) else []
 
 
 def _first_difference(a: Any, b: Any, prefix: str = "") -> str | None:
@@ -587,23 +622,29 @@ def _first_difference(a: Any, b: Any, prefix: str = "") -> str | None:
 
 
 def check_params_fresh(params_path: str | Path = "params.yaml", conf_dir: str | Path = "conf") -> None:
-    """Stop with one line when params.yaml is not the composition of conf/.
+    """Stop with one line when params.yaml is not the composition of conf/, or when any value in it is invalid
+    (slmforge.validation: every section, not only the stage's own, so nothing runs on a bad configuration).
 
     DVC composes conf/ into params.yaml on `dvc exp run` only, never on `dvc repro`; an edit of conf/
-    followed by `dvc repro` would silently run on the old values. Inside `dvc exp run` (which sets
-    DVC_EXP_NAME) DVC has just composed params.yaml with the run's -S overrides, so it is fresh by
-    construction and the overrides are not comparable with conf/ alone.
+    followed by `dvc repro` would silently run on the old values. A params.yaml written by
+    `slmforge compose OVERRIDE ...` is compared with conf/ composed with those overrides (named on its first
+    line). Inside `dvc exp run` (which sets DVC_EXP_NAME) DVC has just composed params.yaml with the run's -S
+    overrides, so it is fresh by construction and the overrides are not comparable with conf/ alone; its
+    values are still validated, since a -S override is where a typo comes from.
     """
-    if os.environ.get("DVC_EXP_NAME"):
-        return
+    from slmforge.validation import validate
+
     have = read_params_file(params_path)
-    want = compose(conf_dir)
-    diff = _first_difference(have, want)
-    if diff:
-        raise UserError(
-            f"{params_path} is stale ({diff}): run `dvc exp run` to compose conf/ and run the pipeline, "
-            "or `slmforge compose` then `dvc repro`"
-        )
+    if not os.environ.get("DVC_EXP_NAME"):
+        overrides = composed_overrides(params_path)
+        diff = _first_difference(have, compose(conf_dir, overrides))
+        if diff:
+            given = f" with {' '.join(overrides)}" if overrides else ""
+            raise UserError(
+                f"{params_path} is stale ({diff}{given}): run `dvc exp run` to compose conf/ and run the pipeline, "
+                "or `slmforge compose [OVERRIDE ...]` then `dvc repro`"
+            )
+    validate(have, str(params_path))
 
 
 def as_dict(obj) -> dict:

@@ -219,3 +219,15 @@ def test_sample_kept_records_carry_clean_signals(sample):
     assert all({"lang", "lang_prob", "toxicity", "pii"} <= set(r["meta"]["clean"]) for r in kept)
     facts = [r for r in kept if r["meta"]["origin"] == "facts"]
     assert len(facts) >= 150  # phrasings of one fact are deliberate near-duplicates and all stay
+
+
+def test_invisible_characters_are_removed_counted_and_cannot_hide_spam(run):
+    hidden = ANSWER + " \u202eevil\u202c done\u200b here\U000e0041\U000e0042"
+    spam = "Great answer! b\u200buy fol\u00adlowers today, cheap and fast, at my site"  # spam_patterns: buy followers
+    kept, rejected, metrics = run([pair("a", QUESTION, hidden), pair("s", QUESTION, spam)])
+    (a,) = kept
+    assert a["response"] == ANSWER + " evil done here" and a["meta"]["clean"]["invisible_removed"] == 5
+    assert [r["id"] for r in rejected] == ["s"] and "spam" in rejected[0]["reasons"]
+    assert metrics["invisible_removed"] == {"records": 2, "bidi_control": 2, "zero_width": 3, "tag_character": 2}
+    assert run([pair("b", QUESTION, ANSWER)])[2]["invisible_removed"] == {
+        "records": 0, "bidi_control": 0, "zero_width": 0, "tag_character": 0}

@@ -2,6 +2,7 @@
 
 import dataclasses
 import unicodedata
+from collections import Counter
 
 import pytest
 
@@ -94,3 +95,36 @@ def test_strip_code_leaves_prose_only():
     out = strip_code("prose ```\nCODE HERE\n``` more `INLINE` http://x.com/PATH end")
     assert "CODE" not in out and "INLINE" not in out and "PATH" not in out
     assert out.split() == ["prose", "more", "end"]
+
+
+# The Trojan Source characters (CVE-2021-42574): embeddings, overrides, isolates and their terminators.
+BIDI = "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c"
+ZERO_WIDTH = "\u200b\u200c\u200d\u2060\u2061\u2062\u2063\u2064\ufeff\u180e\u00ad"
+
+
+@pytest.mark.parametrize("ch", list(BIDI + ZERO_WIDTH) + ["\U000e0001", "\U000e0041", "\U000e007f"])
+def test_every_invisible_character_is_removed_in_prose_and_in_code(norm, ch):
+    assert norm(f"the{ch} p-value{ch} is small") == "the p-value is small"
+    assert norm(f"use `x{ch} = 1` here") == "use `x = 1` here"  # code is where Trojan Source hides
+
+
+def test_the_trojan_source_early_return_reads_as_what_it_is(params):
+    # From the paper: a comment that visually closes the string and an `if` that is really inside it.
+    attack = 'access_level = "user\u202e \u2066// Check if admin\u2069 \u2066"\nif access_level != "user":'
+    removed = Counter()
+    out = normalise_text(f"```python\n{attack}\n```", params.normalise, removed)
+    assert out == '```python\naccess_level = "user // Check if admin "\nif access_level != "user":\n```'
+    assert removed == {"bidi_control": 4}
+
+
+def test_emoji_sequences_keep_their_joiners_and_tags(norm):
+    technologist = "\U0001f469\u200d\U0001f4bb"  # woman, ZWJ, laptop: one emoji
+    england = "\U0001f3f4\U000e0067\U000e0062\U000e0065\U000e006e\U000e0067\U000e007f"  # flag tag sequence
+    heart_on_fire = "\u2764\ufe0f\u200d\U0001f525"
+    text = f"ship it {technologist} {england} {heart_on_fire}"
+    assert norm(text) == text
+
+
+def test_nothing_to_remove_leaves_text_and_counts_alone(params):
+    removed = Counter()
+    assert normalise_text("plain text", params.normalise, removed) == "plain text" and not removed

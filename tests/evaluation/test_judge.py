@@ -58,8 +58,9 @@ def oracle_for(tmp_path, monkeypatch):
     monkeypatch.setenv("SLMFORGE_CACHE", str(tmp_path / "store"))
     conf = yaml.safe_load((ROOT / "conf/oracle/claude.yaml").read_text(encoding="utf-8"))
 
-    def make(server) -> Oracle:
-        p = build(OracleParams, {**conf, "base_url": server.base_url, "max_retries": 1, "timeout_s": 5.0}, "oracle")
+    def make(server, **overrides) -> Oracle:
+        p = build(OracleParams, {**conf, "base_url": server.base_url, "max_retries": 1, "timeout_s": 5.0, **overrides},
+                  "oracle")
         return Oracle(p, AnswerCache(tmp_path / "cache"), ClaudeBackend(p))
     return make
 
@@ -134,7 +135,7 @@ def test_a_warm_cache_rerun_asks_nothing(oracle_for):
 
 def test_an_unanswered_order_leaves_the_item_unjudged(oracle_for):
     with running_messages_server(lambda body: "no json here at all") as server:
-        judged, summary = judge_items(items(2), oracle_for(server), "A/B testing", JUDGE)
+        judged, summary = judge_items(items(2), oracle_for(server, max_failure_share=1.0), "A/B testing", JUDGE)
     assert [j["outcome"] for j in judged] == [None, None]
     assert summary["judged"] == 0 and summary["failed"] == 2
 

@@ -151,7 +151,7 @@ def test_missing_key_is_a_user_error_naming_the_variable(server, monkeypatch, va
 
 def test_batch_answers_errors_and_polls(server, key):
     items = [(hashlib.sha256(f"rec{n}".encode()).hexdigest(), request(n)) for n in range(3)]
-    server.script_batch_result(items[1][0], "errored", message="prompt is too long")
+    server.script_batch_result(items[1][0], "errored", error_type="api_error", message="prompt is too long")
     seen = []
     backend = ClaudeBackend(params(server, batch_poll_s=0.2))
     out = backend.complete_batch(items, progress=lambda done, total: seen.append((done, total)))
@@ -160,6 +160,7 @@ def test_batch_answers_errors_and_polls(server, key):
     good = [out[items[0][0]], out[items[2][0]]]
     assert all(isinstance(a, Answer) and a.batch and a.text == '{"ok": true}' and a.tokens_in > 0 for a in good)
     assert isinstance(out[items[1][0]], OracleError) and "prompt is too long" in str(out[items[1][0]])
+    assert not isinstance(out[items[1][0]], UserError)  # a server-side error of one request: transient
 
     create = server.calls("POST", "/v1/messages/batches")
     assert len(create) == 1

@@ -392,9 +392,9 @@ def test_bad_input_is_quarantined_and_the_stages_finish_and_account_for_it(tmp_p
     assert metrics["source"]["empty_files"] == 1 and metrics["source"]["files"] == 2
     assert f"{3} records, {len(bad) + 1} quarantined" in proc.stdout
 
-    proc = stage(project, "stages.clean", "--raw-dir", "data/raw", "--kept", "data/clean/kept.jsonl",
-                 "--rejected", "data/clean/rejected.jsonl", "--metrics", "metrics/clean.json",
-                 "--run-facts", "metrics/runs/clean.json")
+    proc = stage(project, "stages.clean", "--raw", "data/raw/{source}.jsonl", "--quarantine",
+                 "data/raw/{source}.quarantine.jsonl", "--kept", "data/clean/kept.jsonl",
+                 "--rejected", "data/clean/rejected.jsonl", "--metrics", "metrics/clean.json", "--run-facts", "metrics/runs/clean.json")
     assert proc.returncode == 0, proc.stderr[-2000:]
     clean = json.loads((project / "metrics/clean.json").read_text())
     kept = (project / "data/clean/kept.jsonl").read_text().splitlines()
@@ -429,3 +429,36 @@ def test_txt_paragraph_with_invalid_utf8_is_quarantined_and_the_rest_read(tmp_pa
     records, quarantine, _ = run(params(path, record_kind="document", txt_unit="paragraph"))
     assert [r["text"] for r in records] == ["First paragraph about power.", "Third paragraph on MDE."]
     assert [(q["line"], q["reason"]) for q in quarantine] == [(3, "invalid UTF-8")]
+
+
+def test_a_stray_file_under_a_glob_is_quarantined_with_its_reason_and_the_rest_read(tmp_path):
+    (tmp_path / "faq.csv").write_text(f"id,question,answer\nq1,{Q1},{A1}\n")
+    (tmp_path / "README.md").write_text("# My data\n\nThe FAQ export.\n")  # .md reads as text: documents
+    (tmp_path / "notes.xml").write_text("<notes/>")
+    records, quarantine, stats = run(params(tmp_path / "*"))
+    assert [r["prompt"] for r in records] == [Q1]
+    why = {Path(q["file"]).name: q["reason"] for q in quarantine}
+    assert set(why) == {"README.md", "notes.xml"} and all(q["line"] == 0 for q in quarantine)
+    assert "leave it out of sources.files.paths" in why["README.md"] and "record_kind: pair" in why["README.md"]
+    assert "unknown file type '.xml'" in why["notes.xml"]
+    assert stats["unreadable_files"] == 2 and stats["files"] == 3
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root reads a file without permission")
+def test_a_file_without_read_permission_is_quarantined(tmp_path):
+    (tmp_path / "a.csv").write_text(f"id,question,answer\nq1,{Q1},{A1}\n")
+    locked = tmp_path / "b.csv"
+    locked.write_text(f"id,question,answer\nq2,{Q2},{A2}\n")
+    locked.chmod(0)
+    records, quarantine, _ = run(params(tmp_path / "*.csv"))
+    assert [r["prompt"] for r in records] == [Q1]
+    assert quarantine[0]["file"] == str(locked) and "cannot read the file" in quarantine[0]["reason"]
+
+
+def test_nothing_readable_left_is_one_line_naming_a_file_and_why(tmp_path):
+    (tmp_path / "README.md").write_text("# My data\n")
+    (tmp_path / "notes.xml").write_text("<notes/>")
+    with pytest.raises(UserError) as exc:
+        run(params(tmp_path / "*"))
+    msg = one_line_error(exc)
+    assert msg.startswith("sources.files.paths: no file this source can read (2 matched; ") and "README.md" in msg

@@ -14,8 +14,22 @@ from collections import Counter
 import numpy as np
 
 from slmforge.curation import dedup, language, pii, rules, toxicity
-from slmforge.curation.normalise import normalise_record
+from slmforge.curation.normalise import INVISIBLE, normalise_record
 from slmforge.params import CleanParams
+
+
+# The setting behind each rejection reason: what a user loosens when a filter removes too much.
+SETTING_OF = {"prompt_too_short": "clean.rules.min_prompt_chars", "too_short": "clean.rules.min_chars",
+              "too_long": "clean.rules.max_chars", "url": "clean.rules.max_urls", "media": "clean.rules.drop_media",
+              "hashtags": "clean.rules.max_hashtags", "shouting": "clean.rules.max_upper_ratio",
+              "spam": "clean.rules.spam_patterns", "language": "clean.language.keep and min_prob",
+              "toxic": "clean.toxicity.threshold", "duplicate_exact": "clean.dedup.exact",
+              "duplicate_semantic": "clean.dedup.threshold", "too_large": "clean.max_record_bytes",
+              "unknown_kind": "clean.required", "malformed": "the raw files (see rejected reasons)"}
+
+
+def setting_of(reason: str) -> str:
+    return "clean.required" if reason.startswith("missing_") else SETTING_OF.get(reason, "conf/clean/default.yaml")
 
 
 def validate(records: list[dict], params: CleanParams) -> list[list[str]]:
@@ -60,7 +74,15 @@ def clean(records: list[dict], params: CleanParams, *, malformed: list[dict] = (
 
     reasons = validate(records, params)
     valid = [i for i, r in enumerate(reasons) if not r]
-    norm = {i: normalise_record(records[i], params.normalise) for i in valid}
+    invisible: Counter = Counter()
+    norm, hidden = {}, {}
+    for i in valid:
+        found: Counter = Counter()
+        norm[i] = normalise_record(records[i], params.normalise, found)
+        if found:
+            hidden[i] = sum(found.values())
+            invisible += found
+            invisible["records"] += 1
     t = lap("validate_normalise", t0)
 
     rule_sets, patterns = rules.rules_for(params.rules), rules.compile_patterns(params.rules)
@@ -74,6 +96,8 @@ def clean(records: list[dict], params: CleanParams, *, malformed: list[dict] = (
     for i, p in zip(valid, probs):
         kept_p = language.kept_prob(p, params.language)
         signals[i] = {"lang": max(p, key=p.get) if p else None, "lang_prob": round(kept_p, 4)}
+        if i in hidden:
+            signals[i]["invisible_removed"] = hidden[i]
         if kept_p < params.language.min_prob:
             reasons[i].append("language")
     t = lap("language", t)
@@ -150,6 +174,8 @@ def clean(records: list[dict], params: CleanParams, *, malformed: list[dict] = (
         "kept_by_origin": dict(sorted(Counter(origin(r) for r in kept).items())),
         "rejected_by_origin": dict(sorted(by_origin.items())),
         "pii_replaced": dict(sorted(pii_counts.items())),
+        # bidi controls, zero-width and tag characters taken out of valid records (and how many records had any)
+        "invisible_removed": {"records": 0, **{name: 0 for name in INVISIBLE}, **invisible},
         "toxicity_backend": params.toxicity.backend,
         "dedup": {"exact": sum(1 for r in rejected if "duplicate_exact" in r["reasons"]),
                   "semantic": sum(1 for r in rejected if "duplicate_semantic" in r["reasons"]),

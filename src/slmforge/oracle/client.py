@@ -15,7 +15,9 @@ import json_repair
 from tqdm import tqdm
 
 from slmforge.io import UserError
+from slmforge.oracle.batches import BatchJournal
 from slmforge.oracle.cache import AnswerCache, request_key
+from slmforge.oracle.failures import check_failure_share, first_config_error
 from slmforge.oracle.types import Answer, OracleError, Request
 from slmforge.params import OracleParams
 
@@ -130,12 +132,14 @@ class Oracle:
         if misses and usd > self.params.max_usd:
             raise UserError(f"oracle: the estimated cost ${usd:.2f} is above oracle.max_usd=${self.params.max_usd:.2f}: "
                             f"raise it (-S oracle.max_usd=...) or ask fewer records")
+        failed_before = len(self.failures)
         if misses:
             if batch and hasattr(self.backend, "complete_batch"):
                 self._ask_batch(misses, answers, desc)
             else:
                 self._ask_each(misses, answers, desc)
         self.ledger.seconds += time.perf_counter() - start
+        check_failure_share(desc, self.failures[failed_before:], len(set(keys)), self.params.max_failure_share)
         return [answers.get(k) for k in keys]
 
     def _record(self, key: str, req: Request, result: Answer | Exception, answers: dict) -> None:
@@ -172,22 +176,25 @@ class Oracle:
         # Bounded: at most `concurrency` calls in flight, submitted as others finish, so a killed run loses
         # only those (every finished answer is already in the cache).
         pending, todo = {}, iter(misses.items())
-        with ThreadPoolExecutor(self.params.concurrency) as pool:
-            try:
-                while True:
-                    while len(pending) < self.params.concurrency and (item := next(todo, None)):
-                        pending[pool.submit(_call, self.backend, item[1])] = item
-                    if not pending:
-                        break
-                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                    for fut in done:
-                        key, req = pending.pop(fut)
-                        self._record(key, req, fut.result(), answers)
-                        bar.update()
-            finally:
-                for fut in pending:
-                    fut.cancel()
-                bar.close()
+        pool = ThreadPoolExecutor(self.params.concurrency)
+        try:
+            while True:
+                while len(pending) < self.params.concurrency and (item := next(todo, None)):
+                    pending[pool.submit(_call, self.backend, item[1])] = item
+                if not pending:
+                    break
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    key, req = pending.pop(fut)
+                    self._record(key, req, fut.result(), answers)
+                    bar.update()
+        finally:
+            for fut in pending:
+                fut.cancel()
+            bar.close()
+            # Not a `with` block: leaving one waits for the calls still in flight, so a Ctrl-C or a stopping error
+            # would wait up to oracle.timeout_s for answers nobody reads.
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def _ask_batch(self, misses: dict[str, Request], answers: dict, desc: str) -> None:
         bar = tqdm(total=len(misses), desc=f"{desc} (batch)", unit="call", file=sys.stderr)
@@ -196,11 +203,16 @@ class Oracle:
             bar.n = done
             bar.refresh()
 
-        results = self.backend.complete_batch(list(misses.items()), progress=progress)
+        journal = BatchJournal(self.cache.store / "batches")
+        results = self.backend.complete_batch(list(misses.items()), progress=progress, journal=journal)
         for key, req in misses.items():
             self._record(key, req, results.get(key, OracleError("no result in the batch")), answers)
+        journal.settle(misses)  # recorded: the answers are in the cache, the batches need not be polled again
         bar.n = len(misses)
         bar.close()
+        config_error = first_config_error(results.values())
+        if config_error is not None:  # the answered requests are cached above; the rest would fail alike
+            raise config_error
 
     def metrics(self) -> dict:
         return {"oracle": {**self.ledger.metrics(), "backend": self.backend.name, "model": self.backend.model_id()}}

@@ -33,5 +33,10 @@ class OracleError(Exception):
     """One call failed for good (after the backend's retries): recorded as a failure, the run goes on."""
 
 
-class OracleAuthError(UserError):
+class OracleConfigError(UserError):
+    """A failure every other request would share (a wrong model id, a request the API refuses, billing, a malformed
+    key, an endpoint that never answers): the run stops at the first one with one line naming the setting."""
+
+
+class OracleAuthError(OracleConfigError):
     """The credentials were refused (401/403): nothing else will work, so the run stops with one line."""

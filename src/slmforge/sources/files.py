@@ -180,16 +180,18 @@ def collect(params: FilesSourceParams, *, run_id: str, quarantine: list[dict], s
         paths.update(found)
     records: list[dict] = []
     seen: dict[str, str] = {}
-    stats.update(files=len(paths), empty_files=0, rows=0)
+    stats.update(files=len(paths), empty_files=0, unreadable_files=0, rows=0)
     bar = tqdm(desc="files", unit="rec", disable=None)
     for name in sorted(paths):
         path = Path(name)
         fmt = params.format if params.format != "auto" else FORMATS.get(path.suffix.lower())
-        if fmt is None:
-            raise UserError(f"{path}: unknown file type {path.suffix!r}; set sources.files.format to one of "
-                            f"{sorted(set(FORMATS.values()))}")
-        if fmt == "txt" and params.record_kind != "document":
-            raise UserError(f"{path}: a text file gives documents; set record_kind: document for it")
+        # A file this source cannot read as configured (a README.md under a glob, a file without read permission)
+        # is quarantined with its reason, like a bad row: one stray file must not stop the whole collection.
+        why = unreadable(path, fmt, params)
+        if why:
+            stats["unreadable_files"] += 1
+            quarantine.append({"file": str(path), "line": 0, "reason": why, "raw": ""})
+            continue
         # Local files, not a snapshot: no pull time or run id (null), so the same files give the same records.
         prov = {"source": "files", "query": f"files:{path.as_posix()}", "url": None,
                 "fetched_at": None, "run_id": None}
@@ -228,4 +230,24 @@ def collect(params: FilesSourceParams, *, run_id: str, quarantine: list[dict], s
             stats["empty_files"] += 1
             quarantine.append({"file": str(path), "line": 0, "reason": "empty file (no records)", "raw": ""})
     bar.close()
+    if paths and stats["unreadable_files"] == len(paths):
+        first = next(q for q in quarantine if q["line"] == 0)
+        raise UserError(f"sources.files.paths: no file this source can read ({len(paths)} matched; "
+                        f"{first['file']}: {first['reason']})")
     return records
+
+
+def unreadable(path: Path, fmt: str | None, params: FilesSourceParams) -> str | None:
+    """Why this source cannot read `path` as configured, or None when it can."""
+    if fmt is None:
+        return (f"unknown file type {path.suffix!r}: leave it out of sources.files.paths, or set "
+                f"sources.files.format to one of {sorted(set(FORMATS.values()))}")
+    if fmt == "txt" and params.record_kind != "document":
+        return ("a text file gives documents and this source makes pairs (record_kind: pair): leave it out of "
+                "sources.files.paths, or read it with a second files source that has record_kind: document")
+    try:
+        with path.open("rb") as fh:
+            fh.read(1)
+    except OSError as exc:
+        return f"cannot read the file: {exc.strerror or exc}"
+    return None
