@@ -26,7 +26,7 @@ def main(argv=None):
     ap.add_argument("--metrics", required=True)
     ap.add_argument("--report", required=True)
     ap.add_argument("--plot", required=True, help="the calibration scatter's data for `dvc plots`")
-    ap.add_argument("--run-facts", required=True, help="oracle calls, cache hits, time (git-ignored, read by no stage)")
+    ap.add_argument("--run-facts", default=None, help="(optional) oracle calls, cache hits, time (git-ignored, read by no stage)")
     args = ap.parse_args(argv)
     check_params_fresh()
     params, rubric = load_params("calibration"), load_params("rubric")

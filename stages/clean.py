@@ -21,7 +21,7 @@ def main(argv=None):
     ap.add_argument("--kept", required=True)
     ap.add_argument("--rejected", required=True)
     ap.add_argument("--metrics", required=True)
-    ap.add_argument("--run-facts", required=True, help="this run's timings (git-ignored, read by no stage)")
+    ap.add_argument("--run-facts", default=None, help="(optional) this run's timings (git-ignored, read by no stage)")
     args = ap.parse_args(argv)
     check_params_fresh()
     params = load_params("clean")

@@ -22,7 +22,7 @@ def main(argv=None):
     ap.add_argument("--out", required=True)
     ap.add_argument("--quarantine", required=True)
     ap.add_argument("--metrics", required=True)
-    ap.add_argument("--run-facts", required=True, help="this run's time and run id (git-ignored, read by no stage)")
+    ap.add_argument("--run-facts", default=None, help="(optional) this run's time and run id (git-ignored, read by no stage)")
     args = ap.parse_args(argv)
     check_params_fresh()
     params = load_source_params(args.source)

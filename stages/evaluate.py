@@ -29,7 +29,7 @@ def main(argv=None):
     ap.add_argument("--report", required=True)
     ap.add_argument("--items", required=True)
     ap.add_argument("--plots-dir", required=True, help="data for `dvc plots`: per-source bars, judge outcomes")
-    ap.add_argument("--run-facts", required=True, help="judge calls, generations found in the store (git-ignored)")
+    ap.add_argument("--run-facts", default=None, help="(optional) judge calls, generations found in the store (git-ignored)")
     args = ap.parse_args(argv)
     check_params_fresh()
     params = load_params("eval")

@@ -27,7 +27,7 @@ def main(argv=None):
     ap.add_argument("--out", required=True)
     ap.add_argument("--failures", required=True)
     ap.add_argument("--metrics", required=True)
-    ap.add_argument("--run-facts", required=True, help="oracle calls, cache hits, time (git-ignored, read by no stage)")
+    ap.add_argument("--run-facts", default=None, help="(optional) oracle calls, cache hits, time (git-ignored, read by no stage)")
     args = ap.parse_args(argv)
     check_params_fresh()
     params, rubric, oracle_params = load_params("label"), load_params("rubric"), load_params("oracle")

@@ -26,7 +26,7 @@ def main(argv=None):
     ap.add_argument("--adapter", required=True)
     ap.add_argument("--metrics-dir", required=True)
     ap.add_argument("--checkpoints", required=True)
-    ap.add_argument("--run-facts", required=True, help="time, resumption, processes (git-ignored, read by no stage)")
+    ap.add_argument("--run-facts", default=None, help="(optional) time, resumption, processes (git-ignored, read by no stage)")
     args = ap.parse_args(argv)
     check_params_fresh()
     params = load_params("train")

@@ -22,7 +22,7 @@ def main(argv=None):
     ap.add_argument("--out", required=True, help="the scorer's folder (adapter, head, tokenizer, card)")
     ap.add_argument("--metrics-dir", required=True)
     ap.add_argument("--checkpoints", required=True)
-    ap.add_argument("--run-facts", required=True, help="this run's time (git-ignored, read by no stage)")
+    ap.add_argument("--run-facts", default=None, help="(optional) this run's time (git-ignored, read by no stage)")
     args = ap.parse_args(argv)
     check_params_fresh()
     split = Path(args.split_dir)

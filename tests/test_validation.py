@@ -143,7 +143,7 @@ def test_a_bad_exp_run_override_stops_the_first_stage_before_it_does_any_work(tm
     data["train"]["lr"] = -1
     (project / "params.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     proc = run_stage(project, "collect", "--source", "sample", "--out", "raw.jsonl", "--quarantine", "q.jsonl",
-                     "--metrics", "m.json", DVC_EXP_NAME="exp-1")
+                     "--metrics", "m.json", "--run-facts", "r.json", DVC_EXP_NAME="exp-1")
     assert proc.returncode == 1 and error_lines(proc) == ["error: params.yaml: train.lr is -1; it must be a number > 0"]
     assert not (project / "raw.jsonl").exists()
 

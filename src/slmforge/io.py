@@ -132,11 +132,14 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         raise
 
 
-def write_run_facts(path: str | Path, facts: dict) -> None:
+def write_run_facts(path: str | Path | None, facts: dict) -> None:
     """What this run of a stage did, as opposed to what it made: wall-clock times, calls made against answers
     found in a cache, host and thread count. They differ from run to run, so they stay out of every output DVC
     tracks (an output of a deterministic stage is a function of its deps and params: docs/lineage.md); the file
-    is git-ignored, declared nowhere in a stage and read by no stage (`dvc metrics show` lists it)."""
+    is git-ignored, declared nowhere in a stage and read by no stage (`dvc metrics show` lists it). No path (a
+    stage run by hand without --run-facts): nothing is written."""
+    if path is None:
+        return
     import platform
     import sys
     from datetime import datetime, timezone
