@@ -33,7 +33,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
     check_params_fresh()
     params = load_params("eval")
-    oracle = open_oracle(load_params("oracle"), args.cache, args.oracle_model, args.oracle_pin) if params.judge.enabled else None
+    oracle = (open_oracle(load_params("oracle"), args.cache, args.oracle_model, args.oracle_pin)
+              if params.judge.enabled else None)
     Path(args.cache).mkdir(parents=True, exist_ok=True)  # an output even with the judge off (then empty)
     split = Path(args.split_dir)
     result = compare(
