@@ -47,7 +47,7 @@ def placeholder(path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> Path:
+def repo(tmp_path_factory, tiny_hub) -> Path:
     """The tracked files in a fresh git repo, every stage's outputs as placeholders, all recorded in dvc.lock."""
     repo = tmp_path_factory.mktemp("dag") / "repo"
     files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
@@ -68,9 +68,7 @@ def repo(tmp_path_factory) -> Path:
     sh("git init -q && git config user.email t@t && git config user.name t", repo)  # .dvc/config came with the files (Hydra on)
     sh("dvc commit -f -q && git add -A && git commit -qm init", repo)
     assert "up to date" in sh("dvc status", repo)
-    from tests.tiny_models import build_hub_cache
-
-    build_hub_cache(repo.parent / "hub", ["llama3", "qwen2_5"])  # the hub ids of presets llama32_3b, qwen25_1_5b
+    (repo.parent / "hub").symlink_to(tiny_hub[0])  # holds the hub ids of presets llama32_3b and qwen25_1_5b
     return repo
 
 

@@ -48,7 +48,8 @@ def test_a_soft_capped_model_never_gets_sdpa():
     config = Gemma2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2,
                           num_key_value_heads=1, head_dim=32, vocab_size=64)
     assert resolve_attention("auto", on_cuda=False, config=config) == "eager"
-    assert resolve_attention("auto", on_cuda=True, config=config, packed=False) == "flex_attention"
+    assert resolve_attention("auto", on_cuda=True, config=config) == "flex_attention"  # packed: soft-capping kept
+    assert resolve_attention("auto", on_cuda=True, config=config, packed=False) == "eager"
     with pytest.raises(UserError, match="soft-caps"):
         resolve_attention("sdpa", on_cuda=False, config=config)
 

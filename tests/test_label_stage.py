@@ -31,7 +31,7 @@ def run_label(project, verdict: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "DVC_EXP_NAME"}
     env["SLMFORGE_CACHE"] = str(project / "store")
     return subprocess.run([sys.executable, "-m", "stages.label", "--chatml", "chat.jsonl", "--calibration",
-                           "calibration.json", "--base", "no-model-here", "--pin", "no-pin", "--cache", "cache",
+                           "calibration.json", "--oracle-model", "no-model-here", "--oracle-pin", "no-pin", "--cache", "cache",
                            "--out", "labels.jsonl", "--failures", "failures.jsonl", "--metrics", "label.json"],
                           cwd=project, env=env, capture_output=True, text=True)
 

@@ -21,7 +21,7 @@ from slmforge.params import EvalParams, LoraParams, ScorerParams, TrainParams, b
 from slmforge.templates import check_template, fit_roles, render, stop_token_ids, strip_think, template_fingerprint
 from slmforge.training import tokenize_chat
 from tests.conftest import chat_row
-from tests.tiny_models import FAMILIES, build_hub_cache, model_params, use_cache
+from tests.tiny_models import FAMILIES, model_params, use_cache
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = list(FAMILIES)
@@ -38,12 +38,10 @@ def conf(group: str, name: str, cls, **overrides):
 
 
 @pytest.fixture(scope="module")
-def hub(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("hub")
-    commits = build_hub_cache(cache)
+def hub(tiny_hub):
     with pytest.MonkeyPatch.context() as mp:
-        use_cache(mp, cache)
-        yield cache, commits
+        use_cache(mp, tiny_hub[0])
+        yield tiny_hub
 
 
 @pytest.fixture(scope="module")

@@ -34,9 +34,9 @@ def softcapped(config) -> bool:
 
 def resolve_attention(choice: str, on_cuda: bool, config=None, packed: bool = True) -> str:
     """The attn_implementation to load the model with. `auto`: flash-attention's varlen kernel where the
-    flash-attn package is installed (CUDA), else flex_attention for packed rows on CUDA, else SDPA; on CPU SDPA
-    (flex_attention compiles its kernel on first use, 15-90 s on 2 cores, for rows that are short there) or eager
-    for a soft-capped model. An explicit choice that cannot run here is a one-line error."""
+    flash-attn package is installed (CUDA), else flex_attention for packed rows on CUDA, else SDPA (on CPU
+    flex_attention compiles its kernel on first use, 15-90 s on 2 cores, for rows that are short there), or eager
+    for a soft-capped model (Gemma 2). An explicit choice that cannot run here is a one-line error."""
     if choice not in ATTENTION:
         raise UserError(f"params.yaml: train.attention must be one of {', '.join(ATTENTION)}, got {choice!r}")
     if choice == "flash_attention_2" and not (on_cuda and flash_attn_installed()):
@@ -49,8 +49,10 @@ def resolve_attention(choice: str, on_cuda: bool, config=None, packed: bool = Tr
         return choice
     if on_cuda and flash_attn_installed():
         return "flash_attention_2"
-    if on_cuda and (packed or (config is not None and softcapped(config))):
+    if on_cuda and packed:
         return "flex_attention"
+    # Unpacked batches (evaluation, chat: generation with a KV cache, whose growing shapes would make flex_attention
+    # recompile): SDPA, or eager where the model soft-caps its logits.
     return "eager" if config is not None and softcapped(config) else "sdpa"
 
 

@@ -22,7 +22,8 @@ UNITS = ["%", "days", "day", "weeks", "ms", "$", "USD"]
 def params(metric: str = "rouge_l", **kw) -> EvalParams:
     return EvalParams(max_new_tokens=8, batch_size=4, max_test_items=0, max_probes=0, seed=0, abstain_markers=[],
                       units=UNITS, bootstrap=200, examples=3, judge=JudgeParams(True, 0, 0.5, 0.5),
-                      verdict=VerdictParams(metric=metric, p_max=0.05, min_effect=0.3, min_improvement=0.15), **kw)
+                      verdict=VerdictParams(metric=metric, p_max=0.05, min_effect=0.3, min_improvement=0.15),
+                      **{"strip_think": True, **kw})
 
 
 @pytest.mark.parametrize("pred,ref,expected", [

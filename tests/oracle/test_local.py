@@ -155,14 +155,14 @@ def test_a_pin_of_another_model_than_oracle_model_is_a_user_error(base_model):
 
 
 @pytest.mark.parametrize("family", ["qwen2_5", "gemma2"])
-def test_any_hub_model_is_an_oracle_through_its_own_pin(family, tmp_path, monkeypatch, rubric):
+def test_any_hub_model_is_an_oracle_through_its_own_pin(family, tmp_path, monkeypatch, rubric, tiny_hub):
     """oracle.model names a hub model: the oracle_model stage's code pins it offline from the cache and the oracle
     loads it from there (Gemma's template has no system turn: the rubric goes into the user turn)."""
     from slmforge.modeling import materialise, oracle_model_params
-    from tests.tiny_models import FAMILIES, build_hub_cache, use_cache
+    from tests.tiny_models import FAMILIES, use_cache
 
-    commit = build_hub_cache(tmp_path / "hub", [family])[family]
-    use_cache(monkeypatch, tmp_path / "hub")
+    commit = tiny_hub[1][family]
+    use_cache(monkeypatch, tiny_hub[0])
     params = oracle_params(model=FAMILIES[family].hub_id, max_field_tokens=4)
     pin = materialise(oracle_model_params(params), tmp_path / "oracle", tmp_path / "oracle.json")
     assert pin["source"] == "hub" and pin["commit"] == commit
@@ -177,7 +177,8 @@ def test_on_a_gpu_the_oracle_loads_in_4bit_with_a_device_map(base_model, monkeyp
 
     backend = LocalBackend(oracle_params(), *base_model)
     assert backend._placement() == {}  # CPU: unquantised, as the deterministic embedded oracle runs
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a simulated GPU: only the arguments are built
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     placement = backend._placement()
     assert placement["device_map"] == "auto" and placement["quantization_config"].bnb_4bit_quant_type == "nf4"
     assert LocalBackend(oracle_params(load_in_4bit=False), *base_model)._placement() == {}
