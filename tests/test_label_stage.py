@@ -46,6 +46,6 @@ def test_enforced_gate_refuses_anything_but_pass_in_one_line(project, verdict):
 
 
 def test_enforced_gate_lets_a_pass_through(project):
-    # PASS goes on to the oracle: here it stops at the (deliberately) missing base model, past the gate.
+    # PASS goes on to the oracle: here it stops at the (deliberately) missing oracle model, past the gate.
     proc = run_label(project, "PASS")
-    assert proc.returncode == 1 and "models/base" in proc.stderr and "calibration.gate" not in proc.stderr
+    assert proc.returncode == 1 and "models/oracle" in proc.stderr and "calibration.gate" not in proc.stderr
