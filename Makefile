@@ -7,12 +7,13 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: help venv repro test test-fast bench compose clean-checkpoints
+.PHONY: help venv repro test test-fast bench bench-gpu compose clean-checkpoints
 
 help:
 	@echo "make repro   create .venv from uv.lock and run the whole pipeline (dvc repro) on the embedded default"
 	@echo "make test    the whole test suite (what CI runs)"
 	@echo "make bench   the benchmarks (after make repro): bench/results.json and the table in bench/README.md"
+	@echo "make bench-gpu  on a CUDA machine: GPU training throughput (gpu.* keys of bench/results.json), docs/gpu.md"
 	@echo "make compose write params.yaml from conf/ (what dvc exp run does before it runs)"
 
 # uv comes from PyPI if it is not on the machine; the install is locked (uv.lock) and reproducible.
@@ -38,6 +39,11 @@ test-fast: venv
 # The pipeline's outputs (models/base, data/split) must exist: make repro, or dvc pull. About 25 minutes on 2 cores.
 bench: venv
 	python -m bench
+
+# On a CUDA machine (about 10 minutes on an H200): ours, the stage as it was, naive TRL and the ceiling on
+# Llama-3.2-1B's and -3B's shapes; needs no pipeline output. See docs/gpu.md.
+bench-gpu: venv
+	python -m bench.gpu
 
 compose: venv
 	python -m slmforge.cli compose

@@ -5,7 +5,7 @@ Run: dvc repro base   (python -m stages.base --out-dir models/base --pin models/
 
 import argparse
 
-from slmforge.modeling import materialise_gguf, pin_hub_model
+from slmforge.modeling import materialise
 from slmforge.params import check_params_fresh, load_params
 from slmforge.runner import run
 
@@ -17,10 +17,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     check_params_fresh()
     params = load_params("model")
-    if params.source == "gguf_package":
-        info = materialise_gguf(params, args.out_dir, args.pin)
-    else:
-        info = pin_hub_model(params, args.out_dir, args.pin)
+    info = materialise(params, args.out_dir, args.pin)
     print(f"base: {info['name']} ({info['source']}) -> {args.out_dir}")
 
 

@@ -18,8 +18,8 @@ from slmforge.runner import run
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--chatml", required=True, help="data/chatml/all.jsonl")
-    ap.add_argument("--base", required=True, help="models/base (the local oracle's default model)")
-    ap.add_argument("--pin", required=True, help="models/base.json")
+    ap.add_argument("--oracle-model", required=True, help="models/oracle (the local oracle's own model)")
+    ap.add_argument("--oracle-pin", required=True, help="models/oracle.json")
     ap.add_argument("--cache", required=True, help="this stage's oracle cache folder (a DVC output)")
     ap.add_argument("--sample", required=True, help="the calibration sample with its strata and labels")
     ap.add_argument("--failures", required=True)
@@ -30,7 +30,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     check_params_fresh()
     params, rubric = load_params("calibration"), load_params("rubric")
-    oracle = open_oracle(load_params("oracle"), args.cache, args.base, args.pin)
+    oracle = open_oracle(load_params("oracle"), args.cache, args.oracle_model, args.oracle_pin)
     result, sample_rows = calibrate(read_jsonl(args.chatml), oracle, rubric, params)
     # evaluate_scorer reads these metrics: only figures the answers decide stay in them, never timings
     result, facts = split_run_facts(result)

@@ -22,7 +22,8 @@ def main(argv=None):
     ap.add_argument("--base", required=True)
     ap.add_argument("--pin", required=True)
     ap.add_argument("--adapter", required=True)
-    ap.add_argument("--chatml-metrics", required=True, help="metrics/chatml.json (the rows' chat template)")
+    ap.add_argument("--oracle-model", required=True, help="models/oracle (the judge's own model, oracle=local)")
+    ap.add_argument("--oracle-pin", required=True, help="models/oracle.json")
     ap.add_argument("--cache", required=True, help="this stage's oracle cache folder (the judge's answers)")
     ap.add_argument("--failures", required=True, help="judge calls the oracle could not answer")
     ap.add_argument("--metrics", required=True)
@@ -33,14 +34,15 @@ def main(argv=None):
     args = ap.parse_args(argv)
     check_params_fresh()
     params = load_params("eval")
-    oracle = open_oracle(load_params("oracle"), args.cache, args.base, args.pin) if params.judge.enabled else None
+    oracle = (open_oracle(load_params("oracle"), args.cache, args.oracle_model, args.oracle_pin)
+              if params.judge.enabled else None)
     Path(args.cache).mkdir(parents=True, exist_ok=True)  # an output even with the judge off (then empty)
     split = Path(args.split_dir)
     result = compare(
         test_rows=read_jsonl(split / "test.jsonl"), probes=read_jsonl(split / "probes.jsonl"),
         model_params=load_params("model"), params=params,
         max_len=load_params("train").max_seq_len, base_dir=Path(args.base), base_json=Path(args.pin),
-        adapter_dir=Path(args.adapter), chatml_sha=json.loads(Path(args.chatml_metrics).read_text())["template_sha256"],
+        adapter_dir=Path(args.adapter),
         oracle=oracle, domain=load_params("rubric").domain,
     )
     atomic_write_jsonl(args.items, json_safe(result["items"]))

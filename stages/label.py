@@ -21,8 +21,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--chatml", required=True, help="data/chatml/all.jsonl")
     ap.add_argument("--calibration", required=True, help="metrics/calibration.json (the verdict)")
-    ap.add_argument("--base", required=True, help="models/base (the local oracle's default model)")
-    ap.add_argument("--pin", required=True, help="models/base.json")
+    ap.add_argument("--oracle-model", required=True, help="models/oracle (the local oracle's own model)")
+    ap.add_argument("--oracle-pin", required=True, help="models/oracle.json")
     ap.add_argument("--cache", required=True, help="this stage's oracle cache folder (a DVC output)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--failures", required=True)
@@ -36,7 +36,7 @@ def main(argv=None):
     if gate == "enforce" and cal["verdict"] != "PASS":
         raise UserError(f"label: the calibration verdict is {cal['verdict']} ({'; '.join(cal['reasons'][:2])}), and "
                         f"calibration.gate=enforce: fix the rubric (see reports/calibration.md) or set calibration.gate=warn")
-    oracle = open_oracle(oracle_params, args.cache, args.base, args.pin)
+    oracle = open_oracle(oracle_params, args.cache, args.oracle_model, args.oracle_pin)
     rows = read_jsonl(args.chatml)
     labels, failed = label_rows(rows, oracle, rubric, params.drop_tiers, batch=oracle_params.batch)
     # A row the oracle could not label is kept, marked and dropped from training: nothing is lost silently.

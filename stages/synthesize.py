@@ -15,8 +15,8 @@ from slmforge.synthesis import synthesize
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--kept", required=True, help="data/clean/kept.jsonl")
-    ap.add_argument("--base", required=True, help="models/base (the local oracle's default model)")
-    ap.add_argument("--pin", required=True, help="models/base.json")
+    ap.add_argument("--oracle-model", required=True, help="models/oracle (the local oracle's own model)")
+    ap.add_argument("--oracle-pin", required=True, help="models/oracle.json")
     ap.add_argument("--cache", required=True, help="this stage's oracle cache folder (a DVC output)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--failures", required=True)
@@ -31,7 +31,7 @@ def main(argv=None):
                                                                     "tokens_out": 0, "usd": 0.0}}
         oracle = None
     else:
-        oracle = open_oracle(oracle_params, args.cache, args.base, args.pin)
+        oracle = open_oracle(oracle_params, args.cache, args.oracle_model, args.oracle_pin)
         pairs, metrics = synthesize(records, oracle, params)
     atomic_write_jsonl(args.out, pairs)
     atomic_write_jsonl(args.failures, oracle.failures if oracle else [])

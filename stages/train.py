@@ -6,7 +6,6 @@ With train.distributed set, it runs itself again through `accelerate launch --co
 """
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -22,7 +21,6 @@ def main(argv=None):
     ap.add_argument("--split-dir", required=True)
     ap.add_argument("--base", required=True)
     ap.add_argument("--pin", required=True)
-    ap.add_argument("--chatml-metrics", required=True)
     ap.add_argument("--adapter", required=True)
     ap.add_argument("--metrics-dir", required=True)
     ap.add_argument("--checkpoints", required=True)
@@ -40,7 +38,6 @@ def main(argv=None):
         model_params=load_params("model"), lora=load_params("lora"), params=params,
         base_dir=Path(args.base), base_json=Path(args.pin), adapter_dir=Path(args.adapter),
         metrics_dir=Path(args.metrics_dir), checkpoint_root=Path(args.checkpoints),
-        expected_template_sha=json.loads(Path(args.chatml_metrics).read_text())["template_sha256"],
     )
     if summary is None:  # not the main process: it writes nothing and says nothing
         return

@@ -45,3 +45,13 @@ def chat_row(id_, question, reply, origin="stackexchange", **meta):
     return {"id": id_, "source": "sample", "meta": {"origin": origin, **meta}, "provenance": {},
             "messages": [{"role": "system", "content": "You are an expert."},
                          {"role": "user", "content": question}, {"role": "assistant", "content": reply}]}
+
+
+@pytest.fixture(scope="session")
+def tiny_hub(tmp_path_factory):
+    """A Hugging Face hub cache holding tiny random models of Llama 3.2, Qwen2.5, Qwen3, Mistral and Gemma 2, each
+    with its real chat template (tests/tiny_models.py): (cache folder, {family: commit})."""
+    from tests.tiny_models import build_hub_cache
+
+    cache = tmp_path_factory.mktemp("tiny_hub")
+    return cache, build_hub_cache(cache)

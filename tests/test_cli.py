@@ -33,7 +33,7 @@ def make_adapter(base_dir: Path, out: Path, model_params, *, random_b: bool, tem
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from slmforge.modeling import template_fingerprint
+    from slmforge.templates import template_fingerprint
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
@@ -47,7 +47,7 @@ def make_adapter(base_dir: Path, out: Path, model_params, *, random_b: bool, tem
     card = {"base_model": model_params.hub_id,
             "model": dataclasses.asdict(dataclasses.replace(model_params, load_in_4bit=load_in_4bit)),
             "run_fingerprint": "test" + secrets.token_hex(4),
-            "template_sha256": template_sha or template_fingerprint(tokenizer)}
+            "template_sha256": template_sha or template_fingerprint(tokenizer, model_params.chat_template_kwargs)}
     (out / "slmforge_adapter.json").write_text(json.dumps(card))
     return out
 

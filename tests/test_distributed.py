@@ -21,7 +21,7 @@ from slmforge.io import UserError
 
 BIN = Path(sys.executable).parent
 STAGE_ARGS = ["--split-dir", "data/split", "--base", "models/base", "--pin", "models/base.json",
-              "--chatml-metrics", "metrics/chatml.json", "--adapter", "models/adapter", "--metrics-dir",
+              "--adapter", "models/adapter", "--metrics-dir",
               "metrics/train", "--checkpoints", "checkpoints/train", "--run-facts", "metrics/runs/train.json"]
 
 
@@ -38,11 +38,8 @@ def fact_rows(root: Path, phrasings: range, n_facts: int) -> list[dict]:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, root, base_model) -> Path:
     """A project folder as the train stage sees it: conf/ (tiny profile, ddp_cpu), params.yaml, stages/, the base
-    model, a split of fact rows and chatml's template fingerprint."""
-    from transformers import AutoTokenizer
-
-    from slmforge.io import atomic_write_json, atomic_write_jsonl
-    from slmforge.modeling import template_fingerprint
+    model and a split of fact rows."""
+    from slmforge.io import atomic_write_jsonl
     from slmforge.params import compose_to_file
 
     top = tmp_path_factory.mktemp("ddp") / "project"
@@ -57,10 +54,6 @@ def project(tmp_path_factory, root, base_model) -> Path:
     shutil.copy(base_model[1], top / "models/base.json")
     atomic_write_jsonl(top / "data/split/train.jsonl", fact_rows(root, range(0, 3), 8))
     atomic_write_jsonl(top / "data/split/val.jsonl", fact_rows(root, range(3, 4), 8))
-    tokenizer = AutoTokenizer.from_pretrained(str(top / "models/base"))
-    if tokenizer.pad_token is None:  # as load_base does
-        tokenizer.pad_token = tokenizer.eos_token
-    atomic_write_json(top / "metrics/chatml.json", {"template_sha256": template_fingerprint(tokenizer)})
     return top
 
 

@@ -31,7 +31,7 @@ def run_label(project, verdict: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "DVC_EXP_NAME"}
     env["SLMFORGE_CACHE"] = str(project / "store")
     return subprocess.run([sys.executable, "-m", "stages.label", "--chatml", "chat.jsonl", "--calibration",
-                           "calibration.json", "--base", "no-model-here", "--pin", "no-pin", "--cache", "cache",
+                           "calibration.json", "--oracle-model", "no-model-here", "--oracle-pin", "no-pin", "--cache", "cache",
                            "--out", "labels.jsonl", "--failures", "failures.jsonl", "--metrics", "label.json",
                            "--run-facts", "runs/label.json"],
                           cwd=project, env=env, capture_output=True, text=True)
@@ -47,9 +47,9 @@ def test_enforced_gate_refuses_anything_but_pass_in_one_line(project, verdict):
 
 
 def test_enforced_gate_lets_a_pass_through(project):
-    # PASS goes on to the oracle: here it stops at the (deliberately) missing base model, past the gate.
+    # PASS goes on to the oracle: here it stops at the (deliberately) missing oracle model, past the gate.
     proc = run_label(project, "PASS")
-    assert proc.returncode == 1 and "models/base" in proc.stderr and "calibration.gate" not in proc.stderr
+    assert proc.returncode == 1 and "models/oracle" in proc.stderr and "calibration.gate" not in proc.stderr
 
 
 def test_a_label_that_drops_every_row_stops_naming_the_tier(tmp_path, monkeypatch):
@@ -72,7 +72,7 @@ def test_a_label_that_drops_every_row_stops_naming_the_tier(tmp_path, monkeypatc
             for k in range(3)))
         (project / "calibration.json").write_text(json.dumps({"verdict": "FAIL", "reasons": ["x"]}))
         with pytest.raises(UserError) as info:
-            main(["--chatml", "chat.jsonl", "--calibration", "calibration.json", "--base", "none", "--pin", "none",
+            main(["--chatml", "chat.jsonl", "--calibration", "calibration.json", "--oracle-model", "none", "--oracle-pin", "none",
                   "--cache", "cache", "--out", "labels.jsonl", "--failures", "failures.jsonl", "--metrics", "l.json"])
     assert str(info.value) == ("label: all 3 records were removed (tier reject (label.drop_tiers) 3); "
                                "label.drop_tiers=['reject'] drops every labelled row; see metrics/calibration.json")

@@ -5,7 +5,8 @@ import json
 import pytest
 
 from slmforge.io import UserError
-from slmforge.modeling import load_base, pin_hub_model, quantization_config, template_fingerprint
+from slmforge.modeling import load_base, pin_hub_model, quantization_config
+from slmforge.templates import template_fingerprint
 from slmforge.params import ModelParams
 
 
@@ -49,7 +50,8 @@ def test_hub_model_without_cache_or_network_stops_with_one_line(tmp_path, monkey
     monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
     params = ModelParams(name="llama32_3b", source="hub", hub_id="meta-llama/Llama-3.2-3B-Instruct",
-                         revision="main", package=None, gguf_file=None, load_in_4bit=True, compute_dtype="auto")
+                         revision="main", package=None, gguf_file=None, load_in_4bit=True, compute_dtype="auto",
+                         chat_template_kwargs={})
     with pytest.raises(UserError) as err:
         pin_hub_model(params, tmp_path / "base", tmp_path / "base.json")
     message = str(err.value)
@@ -75,7 +77,7 @@ def test_hub_model_in_the_cache_is_pinned_and_loads_offline(tmp_path, monkeypatc
     monkeypatch.setattr(c, "HF_HUB_CACHE", str(cache))
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     params = ModelParams(name="acme", source="hub", hub_id="acme/tiny-chat", revision="main", package=None,
-                         gguf_file=None, load_in_4bit=False, compute_dtype="float32")
+                         gguf_file=None, load_in_4bit=False, compute_dtype="float32", chat_template_kwargs={})
     info = pin_hub_model(params, tmp_path / "base", tmp_path / "base.json")
     assert info["commit"] == commit
     assert json.loads((tmp_path / "base.json").read_text())["commit"] == commit

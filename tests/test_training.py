@@ -175,7 +175,7 @@ def test_every_train_and_val_row_is_accounted_for(tokenizer):
     params = dataclasses.replace(build(TrainParams, compose(ROOT / "conf")["train"], "train"), max_seq_len=64,
                                  max_train_examples=4, origin_weights={"noise": 0.0}, packing=True)
     accounting: dict = {}
-    train_ds, val_ds = training_datasets(train, val, tokenizer, params, accounting)
+    train_ds, val_ds = training_datasets(train, val, tokenizer, params, accounting=accounting)
     assert accounting["train"] == {"rows_in": 5, "rows_used": 2, "truncated": 1, "accounting_ok": True, "dropped": {
         "answer_truncated_away": 1, "max_train_examples": 1, "origin_weight": 1}}
     assert accounting["val"] == {"rows_in": 2, "rows_used": 1, "truncated": 0, "accounting_ok": True,

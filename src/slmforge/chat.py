@@ -13,6 +13,7 @@ from pathlib import Path
 
 from slmforge.io import UserError, atomic_dir, atomic_write_json
 from slmforge.params import ModelParams
+from slmforge.templates import render, stop_token_ids
 
 NO_ADAPTER_HINT = "run `dvc repro train` or pass --no-adapter"
 
@@ -27,9 +28,11 @@ def read_adapter_card(adapter_dir: str | Path, hint: str = NO_ADAPTER_HINT) -> d
 
 def check_template(card: dict, tokenizer, adapter_dir: str | Path, base_dir: str | Path,
                    hint: str = NO_ADAPTER_HINT) -> None:
-    from slmforge.modeling import template_fingerprint
+    """The base's template, rendered with the kwargs the adapter was trained with, must be the adapter's."""
+    from slmforge.templates import template_fingerprint
 
-    if card["template_sha256"] != template_fingerprint(tokenizer):
+    kwargs = card["model"].get("chat_template_kwargs") or {}
+    if card["template_sha256"] != template_fingerprint(tokenizer, kwargs):
         raise UserError(f"{adapter_dir} was trained with another chat template than {base_dir} has "
                         f"(template_sha256 differs): {hint}")
 
@@ -41,14 +44,12 @@ def load_chat_model(params: ModelParams, base_dir: str | Path, base_json: str | 
     The adapter and template are checked before the weights load, so a stale adapter fails in a second.
     No disable_cpu_repack here: chat never trains, so bitsandbytes' CPU inference layout is what we want.
     """
-    from transformers import AutoTokenizer
-
-    from slmforge.modeling import load_base, resolve_base
+    from slmforge.modeling import load_base, load_tokenizer, resolve_base
 
     resolve_base(base_dir, base_json)  # a missing base is a one-line error before anything loads
     if adapter_dir is not None:
         card = read_adapter_card(adapter_dir)
-        check_template(card, AutoTokenizer.from_pretrained(str(base_dir)), adapter_dir, base_dir)
+        check_template(card, load_tokenizer(base_dir), adapter_dir, base_dir)
     model, tokenizer = load_base(params, base_dir, base_json)
     if adapter_dir is not None:
         from peft import PeftModel
@@ -66,8 +67,9 @@ class ChatSession:
     """
 
     def __init__(self, model, tokenizer, system: str | None = None, max_new_tokens: int = 256,
-                 max_context: int | None = None):
+                 max_context: int | None = None, template_kwargs: dict | None = None):
         self.model, self.tokenizer = model, tokenizer
+        self.template_kwargs = template_kwargs or {}  # model.chat_template_kwargs: Qwen3's thinking off by default
         self.system = system or None
         self.max_new_tokens = max_new_tokens
         self.max_context = max_context or getattr(model.config, "max_position_embeddings", None) or 2048
@@ -94,8 +96,8 @@ class ChatSession:
         cannot fit even alone is refused and leaves the history as it was."""
         drop = 0
         while True:
-            text = self.tokenizer.apply_chat_template(self.head() + self.history[2 * drop:], add_generation_prompt=True,
-                                                      tokenize=False)
+            text = render(self.tokenizer, self.head() + self.history[2 * drop:], self.template_kwargs,
+                          add_generation_prompt=True)
             enc = self.tokenizer(text, return_tensors="pt", add_special_tokens=False)
             n = enc["input_ids"].shape[1]
             if n + self.max_new_tokens <= self.max_context or len(self.history) - 2 * drop <= 1:
@@ -131,7 +133,7 @@ class ChatSession:
                 with torch.no_grad():
                     self.model.generate(**enc, max_new_tokens=self.max_new_tokens, do_sample=False,
                                         streamer=streamer, pad_token_id=self.tokenizer.pad_token_id,
-                                        eos_token_id=self.tokenizer.eos_token_id,
+                                        eos_token_id=stop_token_ids(self.model, self.tokenizer),
                                         stopping_criteria=StoppingCriteriaList([Stop()]))
             except BaseException as exc:  # re-raised in the caller's thread; end() unblocks the reader
                 failure.append(exc)
@@ -179,15 +181,15 @@ def merge_adapter(base_dir: str | Path, base_json: str | Path, adapter_dir: str 
     slmforge_merge.json into out_dir, atomically. Returns what slmforge_merge.json records."""
     import torch
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    from slmforge.modeling import resolve_base
+    from slmforge.modeling import load_tokenizer, resolve_base
     from slmforge.training import file_sha256
 
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
     where, revision = resolve_base(base_dir, base_json)
     card = read_adapter_card(adapter_dir, MERGE_HINT)
-    tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
+    tokenizer = load_tokenizer(base_dir)
     check_template(card, tokenizer, adapter_dir, base_dir, MERGE_HINT)
     kwargs = {"revision": revision} if revision else {}
     # Merge in float32 whatever the output dtype, so the sum W + BA is not rounded twice.

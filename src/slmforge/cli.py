@@ -162,7 +162,8 @@ def main(argv=None) -> None:
             params = load_params("model", args.params)
             set_threads()
             model, tokenizer = load_chat_model(params, args.base, args.pin, None if args.no_adapter else args.adapter)
-            chat_loop(ChatSession(model, tokenizer, system=args.system, max_new_tokens=args.max_new_tokens))
+            chat_loop(ChatSession(model, tokenizer, system=args.system, max_new_tokens=args.max_new_tokens,
+                                  template_kwargs=params.chat_template_kwargs))
         elif args.command == "merge":
             from slmforge.chat import MERGE_HINT, merge_adapter, merge_warning, read_adapter_card
 

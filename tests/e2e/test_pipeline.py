@@ -98,10 +98,10 @@ def repo(tmp_path_factory) -> Path:
 def test_repro_runs_the_whole_dag(repo):
     out = sh("dvc repro", repo, timeout=1800).stdout  # every stage, the local oracle labelling ~560 rows: minutes
     stages = ran(out)
-    order = ["check_params", "collect@files", "collect@sample", "base", "clean", "synthesize", "chatml", "calibrate",
-             "label", "split", "train", "evaluate", "train_scorer", "evaluate_scorer"]
+    order = ["check_params", "collect@files", "collect@sample", "base", "oracle_model", "clean", "synthesize", "chatml",
+             "calibrate", "label", "split", "train", "evaluate", "train_scorer", "evaluate_scorer"]
     assert sorted(stages) == sorted(order), stages
-    for before, after in [("clean", "synthesize"), ("base", "synthesize"), ("synthesize", "chatml"),
+    for before, after in [("clean", "synthesize"), ("oracle_model", "synthesize"), ("synthesize", "chatml"),
                           ("chatml", "calibrate"), ("calibrate", "label"), ("label", "split"), ("split", "train"),
                           ("train", "evaluate"), ("split", "train_scorer"), ("train_scorer", "evaluate_scorer")]:
         assert stages.index(before) < stages.index(after), (before, after, stages)
@@ -119,7 +119,7 @@ def test_repro_runs_the_whole_dag(repo):
     pairs = [json.loads(line) for line in (repo / "data/synth/pairs.jsonl").read_text().splitlines()]
     assert all(p["meta"]["citation"]["arxiv_id"] and p["meta"]["citation"]["title"] for p in pairs)
     assert chatml["rows_out"] == sum(v for k, v in clean["kept_by_origin"].items() if k != "arxiv") + len(pairs)
-    assert sum(chatml["tokens"]["histogram"].values()) == chatml["rows_out"]
+    assert sum(chatml["chars"]["histogram"].values()) == chatml["rows_out"]
     calibration = json.loads((repo / "metrics/calibration.json").read_text())
     assert calibration["verdict"] in ("PASS", "REVIEW", "FAIL") and calibration["gate"] == "warn"
     assert calibration["validation"]["verdict"] in ("PASS", "REVIEW", "FAIL")
@@ -564,7 +564,8 @@ def test_s3_remote_push_pull_and_a_teammate_restores_every_stage_from_the_run_ca
     out = sh("dvc repro --pull", mate, store=store, extra_env=env, timeout=1200)
     assert ran(out.stdout) == [], out.stdout[-3000:]
     restored = [line.split("'")[1] for line in out.stdout.splitlines() if "is cached - skipping run" in line]
-    assert sorted(restored) == sorted(["check_params", "collect@files", "collect@sample", "base", "clean", "synthesize",
+    assert sorted(restored) == sorted(["check_params", "collect@files", "collect@sample", "base", "oracle_model", "clean",
+                                       "synthesize",
                                        "chatml", "calibrate", "label", "split", "train", "evaluate", "train_scorer",
                                        "evaluate_scorer"]), out.stdout[-3000:]
     for stage in ("synthesize", "calibrate", "label", "evaluate"):  # the answers somebody paid for

@@ -118,7 +118,7 @@ def test_a_run_answered_from_the_cache_never_loads_the_model(backend, base_model
 
 def test_model_id_follows_the_pin(backend, base_model, tmp_path):
     folder, pin = base_model
-    assert backend.model_id().startswith("base@")
+    assert backend.model_id().startswith("embedded@")
     same = LocalBackend(oracle_params(), folder, pin)
     assert same.model_id() == backend.model_id()
     changed = json.loads(Path(pin).read_text())
@@ -134,8 +134,8 @@ def test_a_rubric_beyond_ten_is_a_user_error(backend, rubric):
         backend.complete(score_request(ROWS[0], wide, rubric_system(rubric)))  # the cached prefix: fast
 
 
-def test_base_without_the_base_model_folder_is_a_user_error(tmp_path):
-    with pytest.raises(UserError, match="dvc repro base"):
+def test_without_its_model_folder_the_oracle_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="dvc repro oracle_model"):
         LocalBackend(oracle_params(), tmp_path / "missing", None)
 
 
@@ -170,3 +170,38 @@ def test_the_same_questions_in_other_batches_and_thread_counts_get_the_same_text
     finally:
         torch.set_num_threads(before)
     assert texts[0] == texts[1]
+
+
+def test_a_pin_of_another_model_than_oracle_model_is_a_user_error(base_model):
+    with pytest.raises(UserError, match="not oracle.model='Qwen/Qwen2.5-7B-Instruct'.*dvc repro oracle_model"):
+        LocalBackend(oracle_params(model="Qwen/Qwen2.5-7B-Instruct"), *base_model)
+
+
+@pytest.mark.parametrize("family", ["qwen2_5", "gemma2"])
+def test_any_hub_model_is_an_oracle_through_its_own_pin(family, tmp_path, monkeypatch, rubric, tiny_hub):
+    """oracle.model names a hub model: the oracle_model stage's code pins it offline from the cache and the oracle
+    loads it from there (Gemma's template has no system turn: the rubric goes into the user turn)."""
+    from slmforge.modeling import materialise, oracle_model_params
+    from tests.tiny_models import FAMILIES, use_cache
+
+    commit = tiny_hub[1][family]
+    use_cache(monkeypatch, tiny_hub[0])
+    params = oracle_params(model=FAMILIES[family].hub_id, max_field_tokens=4)
+    pin = materialise(oracle_model_params(params), tmp_path / "oracle", tmp_path / "oracle.json")
+    assert pin["source"] == "hub" and pin["commit"] == commit
+    made = LocalBackend(params, tmp_path / "oracle", tmp_path / "oracle.json")
+    assert made.model_id().startswith(f"{FAMILIES[family].hub_id}@")
+    answer = made.complete(score_request(ROWS[0], rubric, rubric_system(rubric))).parsed
+    assert list(answer) == list(rubric.dimensions) and all(0 <= v <= 10 for v in answer.values())
+
+
+def test_on_a_gpu_the_oracle_loads_in_4bit_with_a_device_map(base_model, monkeypatch):
+    import torch
+
+    backend = LocalBackend(oracle_params(), *base_model)
+    assert backend._placement() == {}  # CPU: unquantised, as the deterministic embedded oracle runs
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a simulated GPU: only the arguments are built
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    placement = backend._placement()
+    assert placement["device_map"] == "auto" and placement["quantization_config"].bnb_4bit_quant_type == "nf4"
+    assert LocalBackend(oracle_params(load_in_4bit=False), *base_model)._placement() == {}

@@ -16,6 +16,7 @@ from slmforge.evaluation.metrics import (aggregate, delta, format_ok, hallucinat
 from slmforge.evaluation.stats import paired_stats, verdict, win_rate
 from slmforge.io import UserError
 from slmforge.params import EvalParams, ModelParams
+from slmforge.templates import strip_think
 from slmforge.training import tokenize_within
 
 # Per-item metrics the statistics are computed on: name -> (kind of item, higher is better).
@@ -25,10 +26,15 @@ BREAKDOWN = ["rouge_l", "nll", "token_accuracy", "judge", "correct", "hallucinat
 
 
 def evaluate_model(model, tokenizer, test_rows: list[dict], probes: list[dict], params: EvalParams,
-                   max_len: int, label: str, cache_id: tuple[str, str | None]) -> tuple[dict, list[dict]]:
-    scores = score_references(model, tokenizer, test_rows, max_len, params.batch_size, desc=f"{label} ppl")
+                   max_len: int, label: str, cache_id: tuple[str, str | None],
+                   template_kwargs: dict | None = None) -> tuple[dict, list[dict]]:
+    scores = score_references(model, tokenizer, test_rows, max_len, params.batch_size, desc=f"{label} ppl",
+                              template_kwargs=template_kwargs)
     gen = generate(model, tokenizer, [prompt_messages(r) for r in [*test_rows, *probes]], params.max_new_tokens,
-                   params.batch_size, desc=f"{label} generate", cache_id=cache_id)
+                   params.batch_size, desc=f"{label} generate", cache_id=cache_id, template_kwargs=template_kwargs)
+    thinking = sum(strip_think(g["text"]) != g["text"] for g in gen)
+    if params.strip_think:  # metrics and the judge read the answer, not the reasoning before it
+        gen = [{**g, "text": strip_think(g["text"])} for g in gen]
     test_gen, probe_gen = gen[: len(test_rows)], gen[len(test_rows):]
     rouge = [rouge_l(g["text"], reference(r)) for g, r in zip(test_gen, test_rows)]
     ok = [probe_match(g["text"], p["meta"]["answer"], p["meta"].get("aliases", [])) for g, p in zip(probe_gen, probes)]
@@ -48,10 +54,11 @@ def evaluate_model(model, tokenizer, test_rows: list[dict], probes: list[dict], 
     summary.update({"mean_length": mean_or_nan([i["length"] for i in items]),
                     "eos_rate": mean_or_nan([i["eos"] for i in items]),
                     "format_compliance": mean_or_nan([i["format_ok"] for i in items]),
-                    "generations_cached": sum(g["cached"] for g in gen)})
+                    "generations_cached": sum(g["cached"] for g in gen),
+                    "answers_with_thinking": thinking})
     # Accounting to the end: every test row's reference is scored whole, cut short by max_len, or cut away
     # (no token left: its nll is None and it counts in no mean); rows_in = scored + answer_truncated_away.
-    fates = Counter(tokenize_within(tokenizer, r["messages"], max_len)[1] for r in test_rows)
+    fates = Counter(tokenize_within(tokenizer, r["messages"], max_len, template_kwargs)[1] for r in test_rows)
     summary["references"] = {"rows_in": len(test_rows), "scored": sum(1 for s in scores if s["tokens"]),
                              "truncated": fates["truncated"], "answer_truncated_away": fates["answer_truncated_away"]}
     return summary, items
@@ -61,11 +68,8 @@ def _float(x: bool | None) -> float | None:
     return None if x is None else float(x)
 
 
-def check_templates(tokenizer_sha: str, chatml_sha: str, adapter_sha: str, adapter_dir: Path) -> None:
-    """chatml's rows, the adapter (train) and the base model's tokenizer must use the same chat template."""
-    if adapter_sha != chatml_sha:
-        raise UserError(f"{adapter_dir} was trained on rows made with another chat template than data/chatml has "
-                        f"now (adapter {adapter_sha[:12]}, chatml {chatml_sha[:12]}): run `dvc repro train`")
+def check_templates(tokenizer_sha: str, adapter_sha: str, adapter_dir: Path) -> None:
+    """The adapter (train) and the base model's tokenizer must render with the same chat template and kwargs."""
     if tokenizer_sha != adapter_sha:
         raise UserError(f"{adapter_dir} was trained with another chat template than models/base has "
                         f"(adapter {adapter_sha[:12]}, base {tokenizer_sha[:12]}): run `dvc repro train`")
@@ -146,7 +150,7 @@ def statistics(items: list[dict], params: EvalParams, judge_summary: dict | None
 
 
 def compare(*, test_rows: list[dict], probes: list[dict], model_params: ModelParams, params: EvalParams,
-            max_len: int, base_dir: Path, base_json: Path, adapter_dir: Path, chatml_sha: str,
+            max_len: int, base_dir: Path, base_json: Path, adapter_dir: Path,
             oracle=None, domain: str = "") -> dict:
     """Evaluate the base, then the same weights with the adapter attached, on identical inputs; then judge,
     test and decide."""
@@ -154,8 +158,9 @@ def compare(*, test_rows: list[dict], probes: list[dict], model_params: ModelPar
     from peft import PeftModel
     from transformers import set_seed
 
-    from slmforge.modeling import load_base, set_threads, template_fingerprint
+    from slmforge.modeling import load_base, set_threads
     from slmforge.oracle.local import model_fingerprint
+    from slmforge.templates import check_template, template_fingerprint
 
     set_threads()
     set_seed(params.seed)
@@ -168,14 +173,17 @@ def compare(*, test_rows: list[dict], probes: list[dict], model_params: ModelPar
     if params.max_probes:
         probes = probes[: params.max_probes]
     model, tokenizer = load_base(model_params, base_dir, base_json)
-    check_templates(template_fingerprint(tokenizer), chatml_sha, card["template_sha256"], adapter_dir)
+    kwargs = model_params.chat_template_kwargs
+    check_template(tokenizer, kwargs)
+    check_templates(template_fingerprint(tokenizer, kwargs), card["template_sha256"], adapter_dir)
     pin = json.loads(Path(base_json).read_text()) if Path(base_json).exists() else None
     fingerprint = (f"{model_fingerprint(Path(base_dir), pin)}|4bit={model_params.load_in_4bit}|"
                    f"{model_params.compute_dtype}|{'cuda' if torch.cuda.is_available() else 'cpu'}")
-    base, base_items = evaluate_model(model, tokenizer, test_rows, probes, params, max_len, "base", (fingerprint, None))
+    base, base_items = evaluate_model(model, tokenizer, test_rows, probes, params, max_len, "base", (fingerprint, None),
+                                      kwargs)
     model = PeftModel.from_pretrained(model, str(adapter_dir))
     tuned, tuned_items = evaluate_model(model, tokenizer, test_rows, probes, params, max_len, "tuned",
-                                        (fingerprint, adapter_sha(adapter_dir)))
+                                        (fingerprint, adapter_sha(adapter_dir)), kwargs)
     del model
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

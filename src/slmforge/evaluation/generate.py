@@ -11,6 +11,7 @@ import torch
 from tqdm.auto import tqdm
 
 from slmforge.io import atomic_write_json
+from slmforge.templates import render, stop_token_ids
 from slmforge.training import tokenize_chat
 
 
@@ -32,7 +33,8 @@ def generation_store() -> Path:
     return store_dir().parent / "generations"  # beside the oracle's store: one $SLMFORGE_CACHE for both
 
 
-GENERATION_VERSION = 1  # part of every key: bump it when generate() changes what it returns for a prompt
+GENERATION_VERSION = 2  # part of every key: bump it when generate() changes what it returns for a prompt
+# 2: generation stops at every end-of-turn token of the model's generation_config, not only the tokenizer's EOS
 
 
 def generation_key(model_fingerprint: str, adapter_sha: str | None, prompt: str, max_new_tokens: int) -> str:
@@ -47,13 +49,15 @@ def generation_key(model_fingerprint: str, adapter_sha: str | None, prompt: str,
 @torch.no_grad()
 def generate(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int, batch_size: int,
              desc: str = "generate", cache_id: tuple[str, str | None] | None = None,
-             store: Path | None = None) -> list[dict]:
+             store: Path | None = None, template_kwargs: dict | None = None) -> list[dict]:
     """Greedy continuations of each conversation: {text, tokens (generated, EOS excluded), eos (whether the
     model ended its answer before max_new_tokens), cached}. Prompts are sorted by length so a batch pads
     little, and padded on the left so every row's last token is its own. With `cache_id` = (model fingerprint,
-    adapter sha), answers are read from and written to the generation store."""
+    adapter sha), answers are read from and written to the generation store. Prompts are rendered with
+    `template_kwargs` (model.chat_template_kwargs: Qwen3's thinking off by default)."""
     model.eval()
-    texts = [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in conversations]
+    kwargs = template_kwargs or {}
+    texts = [render(tokenizer, c, kwargs, add_generation_prompt=True) for c in conversations]
     out: list[dict | None] = [None] * len(texts)
     store = store or generation_store()
     keys = [generation_key(*cache_id, t, max_new_tokens) for t in texts] if cache_id else [None] * len(texts)
@@ -62,7 +66,8 @@ def generate(model, tokenizer, conversations: list[list[dict]], max_new_tokens: 
         if path is not None and path.exists():
             out[i] = {**json.loads(path.read_text()), "cached": True}
     todo = sorted((i for i in range(len(texts)) if out[i] is None), key=lambda i: len(texts[i]))
-    eos_ids = {tokenizer.eos_token_id} if isinstance(tokenizer.eos_token_id, int) else set(tokenizer.eos_token_id or [])
+    stops = stop_token_ids(model, tokenizer)  # Llama 3.x's <|eot_id|>, Gemma's <end_of_turn>, besides the EOS
+    eos_ids = set(stops)
     old_side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     try:
@@ -71,7 +76,7 @@ def generate(model, tokenizer, conversations: list[list[dict]], max_new_tokens: 
             enc = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
             enc = {k: v.to(model.device) for k, v in enc.items()}
             gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
-                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=stops)
             new = gen[:, enc["input_ids"].shape[1]:].tolist()
             for j, i in enumerate(idx):
                 ids = new[j]
@@ -88,11 +93,18 @@ def generate(model, tokenizer, conversations: list[list[dict]], max_new_tokens: 
 
 @torch.no_grad()
 def score_references(model, tokenizer, rows: list[dict], max_len: int, batch_size: int,
-                     desc: str = "score") -> list[dict]:
+                     desc: str = "score", template_kwargs: dict | None = None) -> list[dict]:
     """Per item: summed negative log-likelihood, token count and correct argmax predictions of the
-    reference answer (assistant tokens only), under teacher forcing."""
+    reference answer (assistant tokens only), under teacher forcing; `truncated` when the row is longer than
+    max_len (the reference is scored on what fits)."""
+    from collections import Counter
+
     model.eval()
-    examples = [tokenize_chat(tokenizer, r["messages"], max_len) for r in rows]
+    examples, cut = [], []
+    for r in rows:
+        stats = Counter()
+        examples.append(tokenize_chat(tokenizer, r["messages"], max_len, template_kwargs, stats))
+        cut.append(bool(stats["truncated"]))
     results: list[dict] = [{}] * len(rows)
     order = sorted(range(len(rows)), key=lambda i: len(examples[i]["input_ids"]))
     pad = tokenizer.pad_token_id
@@ -116,5 +128,5 @@ def score_references(model, tokenizer, rows: list[dict], max_len: int, batch_siz
         correct = (shift_logits.argmax(-1) == shift_labels) & valid
         for j, i in enumerate(idx):
             results[i] = {"nll": float(nll[j][valid[j]].sum()), "tokens": int(valid[j].sum()),
-                          "correct": int(correct[j].sum())}
+                          "correct": int(correct[j].sum()), "truncated": cut[i]}
     return results

@@ -24,7 +24,7 @@ from slmforge.params import OracleParams
 CHARS_PER_TOKEN = 3.5  # a conservative estimate for English prose: estimates err towards more tokens
 
 
-def make_backend(params: OracleParams, base_dir=None, base_json=None):
+def make_backend(params: OracleParams, model_dir=None, model_json=None):
     """The backend named by `oracle.backend` (a plain name -> constructor map, as design.md says)."""
     if params.backend == "claude":
         from slmforge.oracle.claude import ClaudeBackend
@@ -33,7 +33,7 @@ def make_backend(params: OracleParams, base_dir=None, base_json=None):
     if params.backend == "local":
         from slmforge.oracle.local import LocalBackend
 
-        return LocalBackend(params, base_dir, base_json)
+        return LocalBackend(params, model_dir, model_json)
     raise UserError(f"params.yaml: oracle.backend must be claude or local, got {params.backend!r}")
 
 
@@ -225,15 +225,16 @@ def _call(backend, req: Request) -> Answer | Exception:
         return exc
 
 
-def open_oracle(params: OracleParams, cache_dir, base_dir=None, base_json=None) -> Oracle:
+def open_oracle(params: OracleParams, cache_dir, model_dir=None, model_json=None) -> Oracle:
     """The oracle a stage uses: its backend, and its cache folder (a DVC output) seeded with the answers of the
-    last locked run, so answers pulled from a remote are never paid for twice."""
+    last locked run, so answers pulled from a remote are never paid for twice. model_dir and model_json: the
+    local oracle's own model (the oracle_model stage's models/oracle and models/oracle.json)."""
     from slmforge.oracle.cache import seed_from_dvc
 
     seeded = seed_from_dvc(cache_dir)
     if seeded:
         print(f"oracle: {seeded} answers restored from DVC's cache of {cache_dir}", file=sys.stderr)
-    return Oracle(params, AnswerCache(cache_dir), make_backend(params, base_dir, base_json))
+    return Oracle(params, AnswerCache(cache_dir), make_backend(params, model_dir, model_json))
 
 
 # What a run of an oracle stage did rather than what it made: calls, tokens, dollars and seconds depend on which

@@ -49,7 +49,7 @@ def torch_threads(n: int):
 
 
 def model_fingerprint(path: Path, pin: dict | None) -> str:
-    """What identifies the weights: the base stage's pin (GGUF sha or hub commit) or the folder's config."""
+    """What identifies the weights: the pin of the stage that made the folder (GGUF sha, hub commit, config sha)."""
     material = json.dumps(pin, sort_keys=True) if pin else (path / "config.json").read_text()
     return hashlib.sha256(material.encode()).hexdigest()[:12]
 
@@ -57,17 +57,23 @@ def model_fingerprint(path: Path, pin: dict | None) -> str:
 class LocalBackend:
     name = "local"
 
-    def __init__(self, params: OracleParams, base_dir=None, base_json=None):
+    def __init__(self, params: OracleParams, model_dir=None, model_json=None):
+        """The oracle's own model, as the oracle_model stage materialised it (models/oracle, models/oracle.json):
+        never the model under training, so changing `model` changes no answer."""
         self.params = params
-        if params.model == "base":
-            if not base_dir or not Path(base_dir, "config.json").exists():
-                raise UserError("oracle.model=base needs the base stage's model folder (models/base): run `dvc repro base`")
-            pin = json.loads(Path(base_json).read_text()) if base_json else None
-            self.source, self.kwargs = str(base_dir), {}
-            self._id = f"base@{model_fingerprint(Path(base_dir), pin)}"
-        else:
-            self.source, self.kwargs = params.model, {"revision": params.revision or "main"}
-            self._id = f"{params.model}@{params.revision or 'main'}"
+        if not model_dir or not model_json or not Path(model_json).exists() or not Path(model_dir, "config.json").exists():
+            raise UserError("the local oracle needs its own model (models/oracle, models/oracle.json): "
+                            "run `dvc repro oracle_model`")
+        from slmforge.modeling import resolve_base
+
+        pin = json.loads(Path(model_json).read_text())
+        named = {"gguf_package": "embedded", "hub": pin.get("hub_id"), "folder": pin.get("path")}.get(pin["source"])
+        if named != params.model:
+            raise UserError(f"{model_json} pins {named!r}, not oracle.model={params.model!r}: run `dvc repro oracle_model`")
+        self.model_dir = Path(model_dir)
+        self.source, revision = resolve_base(model_dir, model_json)
+        self.kwargs = {"revision": revision} if revision else {}
+        self._id = f"{params.model}@{model_fingerprint(self.model_dir, pin)}"
         self.model = None  # loaded on the first call: a run answered from the cache never loads it
         import torch
 
@@ -80,18 +86,35 @@ class LocalBackend:
                          "threads": None if torch.cuda.is_available() else THREADS}
         self._lock = threading.Lock()  # one request at a time, whatever oracle.concurrency says
 
+    def _placement(self) -> dict:
+        """On a GPU with oracle.load_in_4bit: NF4 weights spread by device_map="auto" (a 7B oracle in about 5 GB)."""
+        import torch
+
+        from slmforge.modeling import quantization_config
+
+        if not (torch.cuda.is_available() and self.params.load_in_4bit):
+            return {}
+        from slmforge.modeling import oracle_model_params
+
+        return {"quantization_config": quantization_config(oracle_model_params(self.params)), "device_map": "auto"}
+
     def _load(self) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        placement = self._placement()
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(self.source, **self.kwargs)
-            self.model = AutoModelForCausalLM.from_pretrained(self.source, dtype=self.dtype, **self.kwargs).eval()
+            self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir))
+            self.model = AutoModelForCausalLM.from_pretrained(self.source, dtype=self.dtype, **self.kwargs,
+                                                              **placement).eval()
         except OSError as exc:
             raise UserError(f"oracle.model: cannot load {self.source!r} ({str(exc).splitlines()[0]}); offline, only "
-                            f"the embedded `base` or a cached/local model works") from None
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.model.to(self.device)
+                            f"the embedded model or a cached/local model works") from None
+        if placement:  # placed by device_map; inputs go where the embeddings are
+            self.device = self.model.device
+        else:
+            self.device = "cuda" if torch.cuda.is_available() else "cpu"
+            self.model.to(self.device)
         self._prefix: dict = {}
         self._digits = {}
         for v in range(10):
@@ -112,9 +135,13 @@ class LocalBackend:
         import torch
         from transformers import DynamicCache
 
-        messages = [{"role": "system", "content": req.system}, {"role": "user", "content": req.prompt}]
+        from slmforge.templates import fit_roles
+
+        # A template without a system turn of its own (Gemma, Mistral) gets the rubric in the user turn: no shared head.
+        messages = fit_roles([{"role": "system", "content": req.system}, {"role": "user", "content": req.prompt}],
+                             self.tokenizer, {})
         full = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        head = self.tokenizer.apply_chat_template(messages[:1], tokenize=False)
+        head = self.tokenizer.apply_chat_template(messages[:1], tokenize=False) if len(messages) == 2 else ""
         if not full.startswith(head):  # a template that does not render the system turn on its own
             head = ""
         if head and head not in self._prefix:
