@@ -7,11 +7,13 @@ Run: dvc repro calibrate   (python -m stages.calibrate --chatml data/chatml/all.
 import argparse
 import json
 
-from slmforge.calibration import calibrate, load_gold
+from slmforge.calibration import calibrate
+from slmforge.gold import load_gold
 from slmforge.calibration_report import plot_rows, report_markdown
+from slmforge.cost import attach_budget, load_cost_params, parse_spent
 from slmforge.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl
 from slmforge.oracle.client import open_oracle
-from slmforge.params import check_params_fresh, load_params
+from slmforge.params import check_params_fresh
 from slmforge.runner import run
 
 
@@ -26,11 +28,15 @@ def main(argv=None):
     ap.add_argument("--metrics", required=True)
     ap.add_argument("--report", required=True)
     ap.add_argument("--plot", required=True, help="the calibration scatter's data for `dvc plots`")
+    ap.add_argument("--spent", nargs="*", default=[], help="STAGE=METRICS of the oracle stages before this one")
     args = ap.parse_args(argv)
     check_params_fresh()
-    params, rubric = load_params("calibration"), load_params("rubric")
-    oracle = open_oracle(load_params("oracle"), args.cache, args.base, args.pin)
-    result, sample_rows = calibrate(read_jsonl(args.chatml), oracle, rubric, params)
+    cost_params = load_cost_params()
+    params, rubric = cost_params.calibration, cost_params.rubric
+    oracle = open_oracle(cost_params.oracle, args.cache, args.base, args.pin)
+    rows = read_jsonl(args.chatml)
+    attach_budget(oracle, "calibrate", cost_params, parse_spent(args.spent), rows=rows)
+    result, sample_rows = calibrate(rows, oracle, rubric, params)
     atomic_write_jsonl(args.sample, sample_rows)
     atomic_write_jsonl(args.failures, oracle.failures)
     atomic_write_json(args.metrics, result)
@@ -38,7 +44,8 @@ def main(argv=None):
     gold = load_gold(params.gold, rubric) if params.gold else None
     atomic_write_text(args.plot, json.dumps(plot_rows(sample_rows, gold, rubric), indent=1) + "\n")
     o = result["oracle"]
-    print(f"calibrate: verdict {result['verdict']} (validation {result['validation']['verdict']}, gate "
+    gold = result["gold"]["verdict"] if result["gold"] else "no gold file"
+    print(f"calibrate: verdict {result['verdict']} (validation {result['validation']['verdict']}, gold {gold}; gate "
           f"{result['gate']}); oracle calls {o['calls']}, cache hits {o['cache_hits']}, ${o['usd']:.4f} -> {args.report}")
 
 

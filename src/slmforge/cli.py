@@ -1,9 +1,10 @@
 """The `slmforge` command: `compose` writes params.yaml from conf/; `chat` talks to base + adapter;
 `merge` exports a merged model; `score` scores records with the student scorer; `doctor` says what this
-machine can run; `push` shares every run with the team (`dvc push --run-cache` and the outputs its records name).
+machine can run; `push` shares every run with the team (`dvc push --run-cache` and the outputs its records name);
+`cost` forecasts what the oracle will cost before anything runs; `annotate` writes human gold scores.
 
 Run: slmforge chat | slmforge merge --out models/merged | slmforge score FILE --out OUT | slmforge doctor |
-slmforge compose [OVERRIDE ...] | slmforge push [--remote NAME]
+slmforge compose [OVERRIDE ...] | slmforge push [--remote NAME] | slmforge cost | slmforge annotate
 """
 
 from __future__ import annotations
@@ -118,6 +119,16 @@ def main(argv=None) -> None:
                                     "metrics), so a teammate's `dvc repro --pull` restores any run instead of running it")
     p.add_argument("--remote", "-r", default=None, help="DVC remote (default: the repository's default remote)")
     p.add_argument("--jobs", "-j", type=int, default=None)
+    p = sub.add_parser("cost", help="what the oracle would cost the pipeline with the current params, before it runs")
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--kept", default="data/clean/kept.jsonl")
+    p.add_argument("--raw-dir", default="data/raw")
+    p.add_argument("--chatml", default="data/chatml/all.jsonl")
+    p.add_argument("--test", default="data/split/test.jsonl")
+    p.add_argument("--answers", default="data/oracle_cache", help="the oracle stages' answer folders (pulled)")
+    p.add_argument("--metrics-dir", default="metrics", help="the oracle stages' metrics: what their last runs paid")
+    p.add_argument("--base", default="models/base")
+    p.add_argument("--pin", default="models/base.json")
     args = ap.parse_args(argv)
 
     def command() -> None:
@@ -169,6 +180,26 @@ def main(argv=None) -> None:
             print(report.line(remote))
             if report.missing:
                 sys.exit(1)
+        elif args.command == "cost":
+            from pathlib import Path
+
+            from slmforge import cost
+            from slmforge.io import read_jsonl
+            from slmforge.params import load_source_params, read_params_file
+
+            p = cost.load_cost_params(args.params)
+            sources = {name: load_source_params(name, args.params) for name in read_params_file(args.params)["sources"]}
+            records, missing, basis = cost.records_at_hand(Path(args.kept), Path(args.raw_dir), sources)
+            chatml, test = Path(args.chatml), Path(args.test)
+            has = cost.cache_lookup(p.oracle, args.base, args.pin, sorted(Path(args.answers).glob("*")))
+            forecasts = cost.forecast_pipeline(p, records=records, rows=read_jsonl(chatml) if chatml.exists() else None,
+                                               test_rows=read_jsonl(test) if test.exists() else None, has=has)
+            named = {"synthesize": "synthesize", "calibrate": "calibration", "label": "label", "evaluate": "eval"}
+            spent = cost.read_spent({s: Path(args.metrics_dir) / f"{m}.json" for s, m in named.items()})
+            print(f"records: {basis}" + (f"; not counted (not collected yet; collecting asks no oracle): "
+                                         f"{', '.join(missing)}" if missing else ""))
+            for line in cost.forecast_table(forecasts, p.oracle, spent):
+                print(line)
         elif args.command == "doctor":
             from slmforge.doctor import report
 
