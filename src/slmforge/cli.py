@@ -129,6 +129,14 @@ def main(argv=None) -> None:
     p.add_argument("--metrics-dir", default="metrics", help="the oracle stages' metrics: what their last runs paid")
     p.add_argument("--base", default="models/base")
     p.add_argument("--pin", default="models/base.json")
+    p = sub.add_parser("annotate", help="score the calibration sample by hand, one key per score, into a gold file")
+    p.add_argument("--sample", default="data/calibration/sample.jsonl", help="calibrate's sample, with the oracle's "
+                   "labels")
+    p.add_argument("--chatml", default="data/chatml/all.jsonl", help="the chat rows (the text shown)")
+    p.add_argument("--gold", default="data/gold/annotations.jsonl", help="the gold file written (and resumed)")
+    p.add_argument("--which", choices=["main", "validation", "all"], default="all", help="which sample's rows")
+    p.add_argument("--by", default=None, help="who is annotating (recorded in each row; default: annotate)")
+    p.add_argument("--params", default="params.yaml", help="params file whose `rubric` gives the dimensions")
     args = ap.parse_args(argv)
 
     def command() -> None:
@@ -200,6 +208,27 @@ def main(argv=None) -> None:
                                          f"{', '.join(missing)}" if missing else ""))
             for line in cost.forecast_table(forecasts, p.oracle, spent):
                 print(line)
+        elif args.command == "annotate":
+            from pathlib import Path
+
+            from slmforge.annotate import annotate, terminal_keys
+            from slmforge.io import UserError, read_jsonl
+            from slmforge.params import load_params
+
+            if not Path(args.sample).is_file():
+                raise UserError(f"{args.sample}: no calibration sample: run `dvc repro calibrate` first")
+            chats = {r["id"]: r for r in read_jsonl(args.chatml)} if Path(args.chatml).is_file() else {}
+
+            def write(text: str) -> None:
+                sys.stdout.write(text)
+                sys.stdout.flush()
+
+            with terminal_keys() as read_key:
+                try:
+                    annotate(read_jsonl(args.sample), chats, args.gold, load_params("rubric", args.params), read_key,
+                             write, args.which, args.by)
+                except KeyboardInterrupt:  # Ctrl-C: every finished row is saved already
+                    write("\ninterrupted: the rows scored so far are saved\n")
         elif args.command == "doctor":
             from slmforge.doctor import report
 

@@ -114,6 +114,19 @@ def load_gold(path: str | Path, rubric: RubricParams) -> dict[str, dict]:
     return gold
 
 
+def read_gold_rows(path: str | Path, rubric: RubricParams) -> dict[str, dict]:
+    """The rows of a gold file that may not exist yet or be empty (annotate starts one), validated as load_gold."""
+    path = Path(path)
+    if not path.exists() or not path.read_text(encoding="utf-8").strip():
+        return {}
+    return load_gold(path, rubric)
+
+
+def write_gold(path: str | Path, rows: dict[str, dict]) -> None:
+    """The gold file, whole and atomically (a killed annotator leaves the last complete file, never half a line)."""
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows.values()))
+
+
 def gold_verdict(agr: dict, t: CalibrationThresholds) -> tuple[str, list[str]]:
     """PASS when the oracle's overall score agrees with the human one: Spearman and quadratic-weighted kappa at
     least their lines, MAE at most its line (each on the point value; a value on the line passes). A statistic
