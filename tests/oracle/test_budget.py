@@ -174,3 +174,37 @@ def test_a_budget_for_an_unknown_stage_or_without_a_ceiling_is_one_line():
     with pytest.raises(UserError, match=r"oracle\.stage_max_usd\.judge is not an oracle stage"):
         Budget.for_stage("label", params(stage_max_usd={"label": 1.0, "judge": 1.0}))
 
+
+
+def test_calibrate_is_checked_once_on_the_requests_it_then_asks(key, store, tmp_path):
+    """calibrate() plans exactly the requests its four rounds ask: a ceiling that fits one round refuses it before
+    any call, and with room its calls are those requests, no more, no fewer."""
+    import yaml
+
+    from slmforge.calibration import calibrate, calibration_requests
+    from slmforge.params import CalibrationParams, RubricParams, build
+    from tests.conftest import ROOT, chat_row
+    from tests.e2e.test_claude_pipeline import keyword_judge
+
+    rubric = build(RubricParams, yaml.safe_load((ROOT / "conf/rubric/default.yaml").read_text()), "rubric")
+    conf = yaml.safe_load((ROOT / "conf/calibration/default.yaml").read_text())
+    cal = build(CalibrationParams, {**conf, "gold": None, "strata": {"on_topic": 6, "off_topic": 6, "edge": 2},
+                                    "self_consistency_n": 3}, "calibration")
+    rows = [chat_row(f"on{i}", f"What sample size does A/B test {i} need for 80% power?", "About 4k per variant.")
+            for i in range(10)]
+    rows += [chat_row(f"off{i}", f"Which tomato variety grows best in pots, take {i}?", "Cherry tomatoes.")
+             for i in range(10)]
+    rows += [chat_row(f"edge{i}", f"Is experiment {i} worth it?", "Maybe.") for i in range(3)]
+    requests = calibration_requests(rows, rubric, cal)
+    unique = {(r.prompt, r.repeat) for r in requests}  # the validation sample may overlap the main one
+    with running_messages_server(keyword_judge) as server:
+        p = params(server, concurrency=1)
+        one_round = estimate_usd(requests[:len(requests) // 4], p, batch=False)
+        tight = Budget.for_stage("calibrate", params(max_usd=one_round * 2))
+        with pytest.raises(UserError, match=r"oracle\.max_usd"):
+            calibrate(rows, budgeted(server, tmp_path, store, tight, concurrency=1), rubric, cal)
+        assert server.calls() == []
+
+        roomy = budgeted(server, tmp_path, store, Budget.for_stage("calibrate", params()), concurrency=1)
+        result, _ = calibrate(rows, roomy, rubric, cal)
+        assert messages(server) == result["oracle"]["calls"] == len(unique)
