@@ -58,7 +58,7 @@ def gold(tmp_path) -> dict:
     return {r["id"]: r["scores"] for r in map(json.loads, (tmp_path / "gold.jsonl").read_text().splitlines())}
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(300)
 def test_annotate_in_a_terminal_saves_each_row_and_resumes(tmp_path):
     sample_files(tmp_path)
     proc, master, term = start(tmp_path)
