@@ -179,7 +179,7 @@ def test_rows_seen_once_leave_out_repeated_and_unseen_rows():
     assert [r["id"] for r in rows_seen_once(rows, params, 3)] == [r["id"] for r in once[:3]]  # seeded, capped
 
 
-@pytest.mark.timeout(1800)  # a guard against a hang: about a minute on an idle 2-core machine
+@pytest.mark.timeout(1800)  # a guard against a hang (21 min here with 2 cores shared by a load of 11)
 def test_early_stopping_stops_when_validation_loss_rises_and_the_last_step_is_recorded(base_model, model_params,
                                                                                      tmp_path):
     """Training on answers unlike the validation answers: validation loss rises after the first steps, early
