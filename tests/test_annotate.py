@@ -41,7 +41,8 @@ def start(tmp_path):
     master, slave = os.openpty()
     proc = subprocess.Popen([sys.executable, "-m", "slmforge.cli", "annotate", "--sample", "sample.jsonl", "--chatml",
                              "chat.jsonl", "--gold", "gold.jsonl", "--params", str(ROOT / "params.yaml")],
-                            stdin=slave, stdout=slave, stderr=slave, cwd=tmp_path, env=cli_env(), start_new_session=True)
+                            stdin=slave, stdout=slave, stderr=slave, cwd=tmp_path, env=cli_env(),
+                            start_new_session=True)
     os.close(slave)
     return proc, master, Terminal(master)
 

@@ -226,9 +226,10 @@ def gate_failures(result: dict) -> list[str]:
     if val is None:
         failures.append("validation missing (metrics/calibration.json predates it: run `dvc repro calibrate`)")
     elif val["verdict"] != "PASS" or val.get("overfit"):
-        why = "; ".join(val["reasons"][:2]) if val["verdict"] != "PASS" else ""
-        overfit_note = "overfit: more than calibration.thresholds.overfit_points worse than the main sample"
-        failures.append(f"validation {val['verdict']} ({'; '.join(x for x in (why, overfit_note if val.get('overfit') else '') if x)})")
+        why = ["; ".join(val["reasons"][:2])] if val["verdict"] != "PASS" else []
+        if val.get("overfit"):
+            why.append("overfit: more than calibration.thresholds.overfit_points worse than the main sample")
+        failures.append(f"validation {val['verdict']} ({'; '.join(why)})")
     gold = result.get("gold")
     if gold and gold["verdict"] != "PASS":
         failures.append(f"gold {gold['verdict']} against {gold['file']} ({'; '.join(gold['reasons'])})")

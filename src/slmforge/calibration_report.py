@@ -40,9 +40,9 @@ def report_markdown(result: dict) -> str:
     failures, gate = gate_failures(result), result.get("gate")
     state = ("open" if not failures else "CLOSED: label refuses to run" if gate == "enforce"
              else "not enforced: label runs and records the failures")
-    out = ["# Oracle calibration", "", f"**Verdict: {result['verdict']}** · validation **{val['verdict'] if val else 'n/a'}**"
-           f" · gold **{result['gold']['verdict'] if result.get('gold') else 'no gold file'}** · gate "
-           f"(calibration.gate={gate}) {state}", ""]
+    gold_word = result["gold"]["verdict"] if result.get("gold") else "no gold file"
+    out = ["# Oracle calibration", "", f"**Verdict: {result['verdict']}** · validation "
+           f"**{val['verdict'] if val else 'n/a'}** · gold **{gold_word}** · gate (calibration.gate={gate}) {state}", ""]
     out += [f"- calibration (main sample, seed-drawn strata): {result['verdict']}: " +
             ("; ".join(_cell(r) for r in result["reasons"]) or "(no reasons given)")]
     if val:

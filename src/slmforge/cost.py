@@ -208,7 +208,8 @@ def cost_markdown(summary: dict) -> str:
              f"**${t['usd']:.4f} paid, ${t['usd_saved']:.4f} saved by the cache** over {t['calls']} calls and "
              f"{t['cache_hits']} answers from the cache; pipeline ceiling oracle.max_usd=${summary['ceiling_usd']:.2f} "
              f"({'within' if t['within_ceiling'] else 'OVER'}). Oracle: {summary['backend']} / {summary['model']}.",
-             "", "| stage | calls | cache hits | failures | tokens in | tokens out | paid | saved by the cache | ceiling |",
+             "", "| stage | calls | cache hits | failures | tokens in | tokens out | paid | saved by the cache | "
+             "ceiling |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for stage, s in [*summary["stages"].items(), ("total", t)]:
         ceiling = summary["ceiling_usd"] if stage == "total" else s["ceiling_usd"]

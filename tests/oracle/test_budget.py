@@ -75,7 +75,8 @@ def test_a_stage_that_would_cross_its_ceiling_midway_stops_before_the_crossing_c
     if concurrency == 1:
         assert oracle.ledger.usd + worst_usd(reqs[0], p) > ceiling
     line = str(stop.value)
-    assert "\n" not in line and line.startswith("oracle: label stopped before call") and "oracle.stage_max_usd.label" in line
+    assert "\n" not in line and line.startswith("oracle: label stopped before call")
+    assert "oracle.stage_max_usd.label" in line
     # every answer paid for is cached: a run with room for the rest asks only the rest
     again = budgeted(cjk_server, tmp_path, store, Budget.for_stage("label", params()), concurrency=concurrency,
                      prompt_cache=False)
