@@ -7,11 +7,13 @@ Run: dvc repro calibrate   (python -m stages.calibrate --chatml data/chatml/all.
 import argparse
 import json
 
-from slmforge.calibration import calibrate, load_gold
+from slmforge.calibration import calibrate
+from slmforge.gold import load_gold
 from slmforge.calibration_report import plot_rows, report_markdown
+from slmforge.cost import attach_budget, load_cost_params, parse_spent
 from slmforge.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl, write_run_facts
 from slmforge.oracle.client import open_oracle, split_run_facts
-from slmforge.params import check_params_fresh, load_params
+from slmforge.params import check_params_fresh
 from slmforge.runner import run
 
 
@@ -27,11 +29,15 @@ def main(argv=None):
     ap.add_argument("--report", required=True)
     ap.add_argument("--plot", required=True, help="the calibration scatter's data for `dvc plots`")
     ap.add_argument("--run-facts", default=None, help="(optional) oracle calls, cache hits, time (git-ignored, read by no stage)")
+    ap.add_argument("--spent", nargs="*", default=[], help="STAGE=METRICS of the oracle stages before this one")
     args = ap.parse_args(argv)
     check_params_fresh()
-    params, rubric = load_params("calibration"), load_params("rubric")
-    oracle = open_oracle(load_params("oracle"), args.cache, args.oracle_model, args.oracle_pin)
-    result, sample_rows = calibrate(read_jsonl(args.chatml), oracle, rubric, params)
+    cost_params = load_cost_params()
+    params, rubric = cost_params.calibration, cost_params.rubric
+    oracle = open_oracle(cost_params.oracle, args.cache, args.oracle_model, args.oracle_pin)
+    rows = read_jsonl(args.chatml)
+    attach_budget(oracle, "calibrate", cost_params, parse_spent(args.spent), rows=rows)
+    result, sample_rows = calibrate(rows, oracle, rubric, params)
     # evaluate_scorer reads these metrics: only figures the answers decide stay in them, never timings
     result, facts = split_run_facts(result)
     atomic_write_jsonl(args.sample, sample_rows)
@@ -42,7 +48,8 @@ def main(argv=None):
     atomic_write_text(args.plot, json.dumps(plot_rows(sample_rows, gold, rubric), indent=1) + "\n")
     write_run_facts(args.run_facts, {"stage": "calibrate", **facts})
     o = facts["oracle"]
-    print(f"calibrate: verdict {result['verdict']} (validation {result['validation']['verdict']}, gate "
+    gold = result["gold"]["verdict"] if result["gold"] else "no gold file"
+    print(f"calibrate: verdict {result['verdict']} (validation {result['validation']['verdict']}, gold {gold}; gate "
           f"{result['gate']}); oracle calls {o['calls']}, cache hits {o['cache_hits']}, ${o['usd']:.4f} -> {args.report}")
 
 

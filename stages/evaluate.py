@@ -8,6 +8,7 @@ import argparse
 import json
 from pathlib import Path
 
+from slmforge.cost import load_cost_params, parse_spent, stage_budget
 from slmforge.evaluation.compare import compare, json_safe, plot_rows
 from slmforge.evaluation.report import render
 from slmforge.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl, write_run_facts
@@ -31,11 +32,14 @@ def main(argv=None):
     ap.add_argument("--items", required=True)
     ap.add_argument("--plots-dir", required=True, help="data for `dvc plots`: per-source bars, judge outcomes")
     ap.add_argument("--run-facts", default=None, help="(optional) judge calls, generations found in the store (git-ignored)")
+    ap.add_argument("--spent", nargs="*", default=[], help="STAGE=METRICS of the oracle stages before this one")
     args = ap.parse_args(argv)
     check_params_fresh()
-    params = load_params("eval")
-    oracle = (open_oracle(load_params("oracle"), args.cache, args.oracle_model, args.oracle_pin)
-              if params.judge.enabled else None)
+    cost_params = load_cost_params()
+    params = cost_params.eval
+    # The judge is the pipeline's last oracle stage: its budget is the ceiling less what the others paid.
+    budget = stage_budget("evaluate", cost_params, parse_spent(args.spent), [])
+    oracle = open_oracle(cost_params.oracle, args.cache, args.oracle_model, args.oracle_pin, budget) if params.judge.enabled else None
     Path(args.cache).mkdir(parents=True, exist_ok=True)  # an output even with the judge off (then empty)
     split = Path(args.split_dir)
     result = compare(

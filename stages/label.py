@@ -1,16 +1,18 @@
 """Stage `label`: every chat row scored by the oracle on the rubric (dimension scores, overall, tier), once the
-calibration verdict allows it.
+calibration gate allows it.
 
 Run: dvc repro label   (python -m stages.label --chatml data/chatml/all.jsonl --calibration metrics/calibration.json ...)
 """
 
 import argparse
 import json
+import sys
 from collections import Counter
 from pathlib import Path
 
-from slmforge.calibration import effective_gate
-from slmforge.io import UserError, atomic_write_json, atomic_write_jsonl, read_jsonl, write_run_facts
+from slmforge.calibration import check_gate, effective_gate
+from slmforge.cost import attach_budget, load_cost_params, parse_spent
+from slmforge.io import atomic_write_json, atomic_write_jsonl, read_jsonl, write_run_facts
 from slmforge.labeling import label_metrics, label_rows
 from slmforge.oracle.client import open_oracle, split_run_facts
 from slmforge.params import check_params_fresh, load_params
@@ -20,7 +22,7 @@ from slmforge.runner import require_records, run
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--chatml", required=True, help="data/chatml/all.jsonl")
-    ap.add_argument("--calibration", required=True, help="metrics/calibration.json (the verdict)")
+    ap.add_argument("--calibration", required=True, help="metrics/calibration.json (the verdicts)")
     ap.add_argument("--oracle-model", required=True, help="models/oracle (the local oracle's own model)")
     ap.add_argument("--oracle-pin", required=True, help="models/oracle.json")
     ap.add_argument("--cache", required=True, help="this stage's oracle cache folder (a DVC output)")
@@ -28,22 +30,25 @@ def main(argv=None):
     ap.add_argument("--failures", required=True)
     ap.add_argument("--metrics", required=True)
     ap.add_argument("--run-facts", default=None, help="(optional) oracle calls, cache hits, time (git-ignored, read by no stage)")
+    ap.add_argument("--spent", nargs="*", default=[], help="STAGE=METRICS of the oracle stages before this one")
     args = ap.parse_args(argv)
     check_params_fresh()
-    params, rubric, oracle_params = load_params("label"), load_params("rubric"), load_params("oracle")
+    params, cost_params = load_params("label"), load_cost_params()
+    rubric, oracle_params = cost_params.rubric, cost_params.oracle
     cal = json.loads(Path(args.calibration).read_text())
-    gate = effective_gate(load_params("calibration").gate, oracle_params.backend)
-    if gate == "enforce" and cal["verdict"] != "PASS":
-        raise UserError(f"label: the calibration verdict is {cal['verdict']} ({'; '.join(cal['reasons'][:2])}), and "
-                        f"calibration.gate=enforce: fix the rubric (see reports/calibration.md) or set calibration.gate=warn")
+    gate = effective_gate(cost_params.calibration.gate, oracle_params.backend)
+    failures = check_gate(cal, gate)  # enforce: stops here, in one line, before any model or call
+    for line in failures:
+        print(f"warning: label: calibration gate (calibration.gate={gate}): {line}", file=sys.stderr)
     oracle = open_oracle(oracle_params, args.cache, args.oracle_model, args.oracle_pin)
     rows = read_jsonl(args.chatml)
+    attach_budget(oracle, "label", cost_params, parse_spent(args.spent), rows=rows)
     labels, failed = label_rows(rows, oracle, rubric, params.drop_tiers, batch=oracle_params.batch)
     # A row the oracle could not label is kept, marked and dropped from training: nothing is lost silently.
     out = [labels.get(r["id"]) or {"id": r["id"], "scores": {}, "overall": None, "tier": "unlabelled",
                                   "dropped": True, "oracle": None} for r in rows]
     metrics = {**label_metrics(labels, failed, len(rows)), "gate": gate, "calibration_verdict": cal["verdict"],
-               **oracle.metrics()}
+               "gate_failures": failures, **oracle.metrics()}
     removed = Counter(f"tier {lab['tier']} (label.drop_tiers)" for lab in labels.values() if lab["dropped"])
     require_records("label", metrics["labelled"] - metrics["dropped"], len(rows), {**removed, "failed": len(failed)},
                     f"label.drop_tiers={params.drop_tiers} drops every labelled row; see metrics/calibration.json")

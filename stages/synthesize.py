@@ -5,6 +5,7 @@ Run: dvc repro synthesize   (python -m stages.synthesize --kept data/clean/kept.
 
 import argparse
 
+from slmforge.cost import attach_budget, load_cost_params, parse_spent
 from slmforge.io import atomic_write_json, atomic_write_jsonl, read_jsonl, write_run_facts
 from slmforge.oracle.client import open_oracle, split_run_facts
 from slmforge.params import check_params_fresh, load_params
@@ -22,9 +23,11 @@ def main(argv=None):
     ap.add_argument("--failures", required=True)
     ap.add_argument("--metrics", required=True)
     ap.add_argument("--run-facts", default=None, help="(optional) oracle calls, cache hits, time (git-ignored, read by no stage)")
+    ap.add_argument("--spent", nargs="*", default=[], help="STAGE=METRICS of the oracle stages before this one")
     args = ap.parse_args(argv)
     check_params_fresh()
-    params, oracle_params = load_params("synthesize"), load_params("oracle")
+    params, cost_params = load_params("synthesize"), load_cost_params()
+    oracle_params = cost_params.oracle
     records = read_jsonl(args.kept)
     if not any(r.get("kind") == "document" for r in records):  # nothing to ask: no model is loaded
         pairs, metrics = [], {"documents": 0, "pairs": 0, "oracle": {"calls": 0, "cache_hits": 0, "tokens_in": 0,
@@ -32,6 +35,7 @@ def main(argv=None):
         oracle = None
     else:
         oracle = open_oracle(oracle_params, args.cache, args.oracle_model, args.oracle_pin)
+        attach_budget(oracle, "synthesize", cost_params, parse_spent(args.spent), records=records)
         pairs, metrics = synthesize(records, oracle, params)
     atomic_write_jsonl(args.out, pairs)
     atomic_write_jsonl(args.failures, oracle.failures if oracle else [])

@@ -9,8 +9,8 @@ import yaml
 from scipy import stats
 from sklearn.metrics import cohen_kappa_score
 
-from slmforge.calibration import (agreement, assign_stratum, draw_sample, gold_overall, keyword_hits, load_gold,
-                                  measure, overfit, quadratic_kappa, verdict)
+from slmforge.calibration import assign_stratum, draw_sample, keyword_hits, measure, overfit, verdict
+from slmforge.gold import agreement, gold_overall, load_gold, quadratic_kappa
 from slmforge.calibration_report import report_markdown
 from slmforge.io import UserError
 from slmforge.params import CalibrationParams, RubricParams, build
@@ -276,7 +276,8 @@ def test_report_leads_with_the_verdict_and_quotes_the_worst():
               "sample": m, "validation": {**m, "verdict": v, "reasons": reasons, "overfit": False},
               "agreement": agreement(g_labels, gold, RUBRIC, n_boot=20, seed=0)}
     md = report_markdown(result)
-    assert md.splitlines()[2] == "**Verdict: FAIL**"
+    assert md.splitlines()[2] == ("**Verdict: FAIL** · validation **FAIL** · gold **no gold file** · gate "
+                                  "(calibration.gate=enforce) CLOSED: label refuses to run")
     assert md.index(reasons[0]) < md.index("## Measures") < md.index("## Agreement with gold")
     assert md.index("## Worst disagreements") < md.index("`o3` (off_topic, error): overall 7.00")
     assert "> question o3" in md and "`n1` (on_topic, error)" in md

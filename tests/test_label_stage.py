@@ -25,9 +25,18 @@ def project(tmp_path, root):
     return tmp_path
 
 
-def run_label(project, verdict: str) -> subprocess.CompletedProcess:
-    result = {"verdict": verdict, "reasons": ["false negative rate 1.000 > 0.3"]}
-    (project / "calibration.json").write_text(json.dumps(result))
+def calibration_result(main="PASS", validation="PASS", overfit=False, gold="PASS") -> dict:
+    """metrics/calibration.json as calibrate writes it, reduced to what the gate reads."""
+    reasons = {"PASS": ["false positive rate 0.000 < 0.1"], "REVIEW": ["dimension variance 0.080, PASS needs > 1.0"],
+               "FAIL": ["false negative rate 1.000 > 0.3"]}
+    return {"verdict": main, "reasons": reasons[main],
+            "validation": {"verdict": validation, "reasons": reasons[validation], "overfit": overfit},
+            "gold": None if gold is None else {"verdict": gold, "file": "data/gold/sample.jsonl", "n": 60,
+                                               "reasons": ["overall Spearman 0.12, the gate needs >= 0.6"]}}
+
+
+def run_label(project, **parts) -> subprocess.CompletedProcess:
+    (project / "calibration.json").write_text(json.dumps(calibration_result(**parts)))
     env = {k: v for k, v in os.environ.items() if k != "DVC_EXP_NAME"}
     env["SLMFORGE_CACHE"] = str(project / "store")
     return subprocess.run([sys.executable, "-m", "stages.label", "--chatml", "chat.jsonl", "--calibration",
@@ -37,19 +46,41 @@ def run_label(project, verdict: str) -> subprocess.CompletedProcess:
                           cwd=project, env=env, capture_output=True, text=True)
 
 
-@pytest.mark.parametrize("verdict", ["FAIL", "REVIEW"])
-def test_enforced_gate_refuses_anything_but_pass_in_one_line(project, verdict):
-    proc = run_label(project, verdict)
+def refusal(proc) -> str:
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 1 and len(lines) == 1, proc.stderr
-    assert lines[0].startswith("error: label:") and verdict in lines[0] and "calibration.gate" in lines[0]
+    assert lines[0].startswith("error: label: the calibration gate is closed (calibration.gate=enforce)"), lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize("verdict", ["FAIL", "REVIEW"])
+def test_enforced_gate_refuses_anything_but_pass_in_one_line(project, verdict):
+    line = refusal(run_label(project, main=verdict))
+    assert f"calibration {verdict}" in line and "validation" not in line and "gold" not in line
     assert not (project / "labels.jsonl").exists() and not (project / "store").exists()
 
 
-def test_enforced_gate_lets_a_pass_through(project):
-    # PASS goes on to the oracle: here it stops at the (deliberately) missing oracle model, past the gate.
-    proc = run_label(project, "PASS")
-    assert proc.returncode == 1 and "models/oracle" in proc.stderr and "calibration.gate" not in proc.stderr
+@pytest.mark.parametrize("parts, named", [
+    ({"validation": "FAIL"}, "validation FAIL (false negative rate 1.000 > 0.3)"),
+    ({"overfit": True}, "validation PASS (overfit: more than calibration.thresholds.overfit_points worse"),
+    ({"gold": "FAIL"}, "gold FAIL against data/gold/sample.jsonl (overall Spearman 0.12, the gate needs >= 0.6)"),
+])
+def test_a_main_pass_is_not_enough_validation_and_gold_gate_too(project, parts, named):
+    line = refusal(run_label(project, **parts))
+    assert named in line and "calibration PASS" not in line, line
+    assert not (project / "labels.jsonl").exists()
+
+
+def test_every_failing_part_is_named_in_the_one_line(project):
+    line = refusal(run_label(project, main="REVIEW", validation="FAIL", gold="FAIL"))
+    assert line.index("calibration REVIEW") < line.index("validation FAIL") < line.index("gold FAIL"), line
+
+
+@pytest.mark.parametrize("gold", ["PASS", None])  # no gold file: that part is not required
+def test_enforced_gate_lets_a_pass_through(project, gold):
+    # All parts PASS: label goes on to the oracle, and stops at the (deliberately) missing oracle model.
+    proc = run_label(project, gold=gold)
+    assert proc.returncode == 1 and "models/oracle" in proc.stderr and "calibration gate" not in proc.stderr
 
 
 def test_a_label_that_drops_every_row_stops_naming_the_tier(tmp_path, monkeypatch):

@@ -58,7 +58,7 @@ def test_a_live_source_depends_on_no_code(every_source):
 
 def test_a_removed_dependency_is_named(tmp_path):
     text = (ROOT / "dvc.yaml").read_text()
-    line = "      - src/slmforge/calibration.py  # effective_gate\n"
+    line = "      - src/slmforge/calibration.py  # effective_gate, check_gate: calibration, validation and gold verdicts\n"
     assert text.count(line) == 1
     stages = resolved_stages(project(tmp_path, text.replace(line, ""), ["sample"]))
     assert missing_code_deps(ROOT, stages) == {"label": ["src/slmforge/calibration.py"]}

@@ -57,10 +57,11 @@ def test_ctrl_c_in_a_stage_with_oracle_calls_in_flight_exits_at_once(tmp_path):
             "id": f"r{i}", "source": "s", "meta": {}, "provenance": {},
             "messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "r"}]}) + "\n"
             for i in range(20)))
-        (project / "calibration.json").write_text(json.dumps({"verdict": "PASS", "reasons": []}))
+        (project / "calibration.json").write_text(json.dumps({"verdict": "PASS", "reasons": [], "gold": None,
+                                                          "validation": {"verdict": "PASS", "reasons": [], "overfit": False}}))
         env = stage_env(project, ANTHROPIC_API_KEY="k" * 40)
         proc = subprocess.Popen([sys.executable, "-m", "stages.label", "--chatml", "chat.jsonl", "--calibration",
-                                 "calibration.json", "--base", "none", "--pin", "none", "--cache", "cache",
+                                 "calibration.json", "--oracle-model", "none", "--oracle-pin", "none", "--cache", "cache",
                                  "--out", "labels.jsonl", "--failures", "failures.jsonl", "--metrics", "label.json"],
                                 cwd=project, env=env, stderr=subprocess.PIPE, text=True)
         start = time.monotonic()

@@ -204,3 +204,66 @@ def test_the_same_adapter_config_is_the_same_bytes_whatever_the_hash_seed(tmp_pa
             written[seed, mode] = (tmp_path / seed / mode / "adapter_config.json").read_bytes()
     assert written["1", "raw"] != written["2", "raw"]
     assert written["1", "sort"] == written["2", "sort"]
+
+
+def test_rows_seen_once_leave_out_repeated_and_unseen_rows():
+    """The gap's training side: rows an epoch shows exactly once, never the facts origin_weights repeat."""
+    import dataclasses
+
+    from slmforge.params import TrainParams, build, compose
+    from slmforge.training import rows_seen_once
+    from tests.conftest import ROOT
+
+    params = dataclasses.replace(build(TrainParams, compose(ROOT / "conf")["train"], "train"),
+                                 origin_weights={"facts": 6, "stackexchange": 0.4}, max_train_examples=0)
+    rows = [chat_row(f"f{i}", f"q{i}", "a", origin="facts") for i in range(10)]
+    rows += [chat_row(f"s{i}", f"q{i}", "a") for i in range(10)]
+    rows += [chat_row(f"t{i}", f"q{i}", "a", origin="tweets") for i in range(5)]
+    once = rows_seen_once(rows, params, 100)
+    ids = {r["id"] for r in once}
+    shown = {r["id"] for chosen in epoch_rounds(rows, params.origin_weights, params.seed) for r in chosen}
+    assert not any(i.startswith("f") for i in ids)  # facts are shown six times
+    assert {f"t{i}" for i in range(5)} <= ids and ids <= shown  # tweets once; no stackexchange row never shown
+    assert sum(i.startswith("s") for i in ids) == 4  # the 40% of stackexchange an epoch shows
+    assert [r["id"] for r in rows_seen_once(rows, params, 3)] == [r["id"] for r in once[:3]]  # seeded, capped
+
+
+@pytest.mark.timeout(1800)  # a guard against a hang (21 min here with 2 cores shared by a load of 11)
+def test_early_stopping_stops_when_validation_loss_rises_and_the_last_step_is_recorded(base_model, model_params,
+                                                                                     tmp_path):
+    """Training on answers unlike the validation answers: validation loss rises after the first steps, early
+    stopping ends the run before max_steps, the last step's evaluation (made before the best checkpoint is
+    restored) is recorded above the best one, and the saved adapter is the best one."""
+    import dataclasses
+    import json
+
+    from slmforge.io import atomic_write_jsonl
+    from slmforge.params import LoraParams, TrainParams, build, compose
+    from slmforge.training import train
+    from tests.conftest import ROOT
+
+    conf = compose(ROOT / "conf", ["train=tiny"])
+    params = dataclasses.replace(build(TrainParams, conf["train"], "train"), max_steps=16, eval_steps=1,
+                                 early_stopping_patience=2, lr=2e-3, max_seq_len=64, max_train_examples=0,
+                                 origin_weights={}, packing=False, logging_steps=1)
+    lora = build(LoraParams, conf["lora"], "lora")
+    noise = "zq vx zq vx zq vx zq vx zq vx"
+    train_rows = [chat_row(f"t{i}", f"What sample size does experiment {i} need?", noise) for i in range(8)]
+    val_rows = [chat_row(f"v{i}", f"What sample size does experiment {i + 50} need?",
+                         f"About {1200 + i} users per arm for a two-point lift.") for i in range(3)]
+    files = [tmp_path / "train.jsonl", tmp_path / "val.jsonl"]
+    atomic_write_jsonl(files[0], train_rows)
+    atomic_write_jsonl(files[1], val_rows)
+    summary = train(train_rows=train_rows, val_rows=val_rows, data_files=files, model_params=model_params, lora=lora,
+                    params=params, base_dir=base_model[0], base_json=base_model[1], adapter_dir=tmp_path / "adapter",
+                    metrics_dir=tmp_path / "metrics", checkpoint_root=tmp_path / "ckpt")
+    assert summary["stopped_early"] and summary["last_step"] < params.max_steps, summary
+    assert summary["last_eval_step"] == summary["last_step"] > summary["best_step"]
+    assert summary["last_eval_loss"] > summary["best_eval_loss"] and summary["last_minus_best_eval_loss"] > 0
+    assert summary["eval_loss"] == pytest.approx(summary["best_eval_loss"], abs=1e-4)  # the best was restored
+    # the gap: the saved adapter's loss on training rows shown once against its validation loss
+    assert summary["train_once_rows"] == len(val_rows)
+    assert summary["train_eval_gap"] == pytest.approx(summary["eval_loss"] - summary["train_once_loss"])
+    assert summary["overfit_flag"] == (summary["train_eval_gap"] > params.gap_threshold)
+    card = json.loads((tmp_path / "adapter/slmforge_adapter.json").read_text())["metrics"]
+    assert card["last_eval_loss"] == summary["last_eval_loss"]

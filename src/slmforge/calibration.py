@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import math
 import re
-import warnings
 from collections.abc import Iterable
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
-from scipy import stats
 
-from slmforge.io import UserError, iter_jsonl
+from slmforge.gold import agreement, gold_verdict, load_gold
+from slmforge.io import UserError
 from slmforge.params import CalibrationParams, CalibrationThresholds, RubricParams
 from slmforge.split import stable_hash, user_text
 
@@ -207,107 +205,6 @@ def overfit(main: dict, validation: dict, t: CalibrationThresholds) -> bool:
     return False
 
 
-# --- agreement with human gold scores ---------------------------------------------------------------
-
-def gold_overall(scores: dict[str, float], rubric: RubricParams) -> float:
-    """A gold row's overall score by the same rule the labels use (weighted sum, then gatekeeper caps)."""
-    from slmforge.labeling import overall_score
-
-    return float(overall_score({name: float(scores[name]) for name in rubric.dimensions}, rubric))
-
-
-def quadratic_kappa(a: np.ndarray, b: np.ndarray, lo: int, hi: int) -> float | None:
-    """Quadratic-weighted Cohen's kappa of two integer ratings on lo..hi; None when undefined (no expected
-    disagreement: both raters gave one and the same score). Written out (as sklearn's cohen_kappa_score
-    weights="quadratic" computes it) because scikit-learn is not one of the project's dependencies."""
-    k = hi - lo + 1
-    observed = np.zeros((k, k))
-    np.add.at(observed, (a - lo, b - lo), 1)
-    expected = np.outer(observed.sum(1), observed.sum(0)) / observed.sum()
-    i, j = np.indices((k, k))
-    weights = (i - j) ** 2 / max(k - 1, 1) ** 2
-    denominator = (weights * expected).sum()
-    return None if denominator == 0 else float(1 - (weights * observed).sum() / denominator)
-
-
-def _to_scale(x: np.ndarray, rubric: RubricParams) -> np.ndarray:
-    # Round half up (2.5 -> 3 and 3.5 -> 4), as a person reads a scale; numpy's half-to-even would send 2.5 to 2.
-    return np.clip(np.floor(x + 0.5), rubric.min_score, rubric.max_score).astype(int)
-
-
-def _statistics(x: np.ndarray, y: np.ndarray, rubric: RubricParams) -> dict[str, float | None]:
-    with warnings.catch_warnings():  # constant input: Spearman is undefined, reported as None
-        warnings.simplefilter("ignore")
-        rho = stats.spearmanr(x, y).statistic if len(x) >= 2 else float("nan")
-    return {"spearman": None if np.isnan(rho) else float(rho),
-            "qwk": quadratic_kappa(_to_scale(x, rubric), _to_scale(y, rubric), rubric.min_score, rubric.max_score),
-            "mae": float(np.mean(np.abs(x - y))) if len(x) else None}  # on the raw scores, not the rounded ones
-
-
-def agreement(labels: dict[str, dict], gold: dict[str, dict], rubric: RubricParams, n_boot: int, seed: int) -> dict:
-    """Oracle labels against human gold scores over the ids in both: Spearman, quadratic-weighted kappa (scores
-    rounded to the integer scale) and MAE per dimension and for overall (the oracle's own overall; gold's by
-    gold_overall). Each comes with a bootstrap 95% percentile interval over records; a resample where a statistic
-    is undefined is skipped for that statistic. {"n", "n_boot", "seed", "dimensions": {d: S}, "overall": S} with
-    S = {statistic: {"value", "ci95": [low, high] | None}}."""
-    ids = sorted(set(labels) & set(gold))
-    series = {d: (np.array([float(labels[i]["scores"][d]) for i in ids]),
-                  np.array([float(gold[i]["scores"][d]) for i in ids])) for d in rubric.dimensions}
-    series["overall"] = (np.array([float(labels[i]["overall"]) for i in ids]),
-                         np.array([gold_overall(gold[i]["scores"], rubric) for i in ids]))
-    point = {name: _statistics(x, y, rubric) for name, (x, y) in series.items()}
-    boot: dict[str, dict[str, list[float]]] = {name: {s: [] for s in point[name]} for name in series}
-    rng = np.random.default_rng(seed)
-    for _ in range(n_boot if ids else 0):
-        idx = rng.integers(0, len(ids), len(ids))  # one resample of records serves every statistic
-        for name, (x, y) in series.items():
-            for s, v in _statistics(x[idx], y[idx], rubric).items():
-                if v is not None:
-                    boot[name][s].append(v)
-
-    def summary(name: str) -> dict:
-        return {s: {"value": v, "ci95": [float(np.percentile(boot[name][s], 2.5)),
-                                         float(np.percentile(boot[name][s], 97.5))] if boot[name][s] else None}
-                for s, v in point[name].items()}
-
-    return {"n": len(ids), "n_boot": n_boot, "seed": seed,
-            "dimensions": {d: summary(d) for d in rubric.dimensions}, "overall": summary("overall")}
-
-
-def load_gold(path: str | Path, rubric: RubricParams) -> dict[str, dict]:
-    """Human scores {id, scores{dimension: number}} by id. Every rubric dimension must be there, a number on the
-    rubric's scale; anything else (unknown dimension, duplicate id, no rows) is a one-line UserError."""
-    gold: dict[str, dict] = {}
-    dims = list(rubric.dimensions)
-    for lineno, row in iter_jsonl(path):
-        where = f"{path}:{lineno}"
-        rid = row.get("id")
-        if not isinstance(rid, str) or not rid:
-            raise UserError(f"{where}: gold row has no string `id`")
-        where = f"{where} (id {rid})"
-        scores = row.get("scores")
-        if not isinstance(scores, dict):
-            raise UserError(f"{where}: `scores` must be a mapping of {', '.join(dims)} to numbers")
-        for d in dims:
-            if d not in scores:
-                raise UserError(f"{where}: no score for dimension `{d}` (each row needs {', '.join(dims)})")
-            v = scores[d]
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                raise UserError(f"{where}: score for `{d}` must be a number, got {v!r}")
-            if not rubric.min_score <= v <= rubric.max_score:
-                raise UserError(f"{where}: score for `{d}` is {v}, outside the rubric's scale "
-                                f"{rubric.min_score}..{rubric.max_score}")
-        unknown = sorted(set(scores) - set(dims))
-        if unknown:  # most likely a typo of a dimension's name
-            raise UserError(f"{where}: unknown dimension `{unknown[0]}` (rubric {rubric.name}: {', '.join(dims)})")
-        if rid in gold:
-            raise UserError(f"{where}: duplicate id {rid}")
-        gold[rid] = {**row, "scores": {d: float(scores[d]) for d in dims}}
-    if not gold:
-        raise UserError(f"{path}: no gold rows: add {{id, scores}} lines or set calibration.gold: null")
-    return gold
-
-
 # --- the whole calibration ------------------------------------------------------------------------
 
 def effective_gate(gate: str, backend: str) -> str:
@@ -318,29 +215,82 @@ def effective_gate(gate: str, backend: str) -> str:
     return gate
 
 
+def gate_failures(result: dict) -> list[str]:
+    """The parts of the calibration gate that do not pass, one line each: the main sample's verdict, the
+    validation sample's (a PASS that does not carry over to a fresh sample, overfit, fails it too) and, when a
+    gold file was given, the agreement with it. Empty: labelling may go on."""
+    failures = []
+    if result["verdict"] != "PASS":
+        failures.append(f"calibration {result['verdict']} ({'; '.join(result['reasons'][:2])})")
+    val = result.get("validation")
+    if val is None:
+        failures.append("validation missing (metrics/calibration.json predates it: run `dvc repro calibrate`)")
+    elif val["verdict"] != "PASS" or val.get("overfit"):
+        why = ["; ".join(val["reasons"][:2])] if val["verdict"] != "PASS" else []
+        if val.get("overfit"):
+            why.append("overfit: more than calibration.thresholds.overfit_points worse than the main sample")
+        failures.append(f"validation {val['verdict']} ({'; '.join(why)})")
+    gold = result.get("gold")
+    if gold and gold["verdict"] != "PASS":
+        failures.append(f"gold {gold['verdict']} against {gold['file']} ({'; '.join(gold['reasons'])})")
+    return failures
+
+
+def check_gate(result: dict, gate: str) -> list[str]:
+    """Under `enforce`, stop labelling in one line naming every failing part; under `warn`, return them."""
+    failures = gate_failures(result)
+    if failures and gate == "enforce":
+        raise UserError("label: the calibration gate is closed (calibration.gate=enforce): " + "; ".join(failures)
+                        + ": fix the rubric or the oracle (see reports/calibration.md) or set calibration.gate=warn")
+    return failures
+
+
+def _subset(sample: list[dict], params: CalibrationParams) -> list[dict]:
+    return sorted(sample, key=lambda r: stable_hash(f"repeat:{params.seed}", r["id"]))[:params.self_consistency_n]
+
+
+def calibration_requests(rows: list[dict], rubric: RubricParams, params: CalibrationParams) -> list:
+    """Every request calibrate makes (both samples, and their repeats): what the budget is checked on."""
+    from slmforge.oracle.prompts import rubric_system, score_request
+
+    system = rubric_system(rubric)
+    out = []
+    for seed in (params.seed, params.validation_seed):
+        sample = draw_sample(rows, params, seed)
+        out += [score_request(r, rubric, system) for r in sample]
+        out += [score_request(r, rubric, system, repeat=1) for r in _subset(sample, params)]
+    return out
+
+
 def _label_and_measure(sample, oracle, rubric, params, desc) -> tuple[dict, dict, dict]:
     from slmforge.labeling import label_rows
 
     labels, failed = label_rows(sample, oracle, rubric, [], desc=desc)
-    subset = sorted(sample, key=lambda r: stable_hash(f"repeat:{params.seed}", r["id"]))[:params.self_consistency_n]
+    subset = _subset(sample, params)
     repeats, _ = label_rows(subset, oracle, rubric, [], desc=f"{desc} (again)", repeat=1) if subset else ({}, [])
     return measure(sample, labels, repeats, failed, rubric, params), labels, repeats
 
 
 def calibrate(rows: list[dict], oracle, rubric: RubricParams, params: CalibrationParams) -> tuple[dict, list[dict]]:
-    """(result for metrics/calibration.json and the report, the sample rows with their labels)."""
+    """(result for metrics/calibration.json and the report, the rows of both samples with their labels)."""
+    # One budget check on all four rounds before the first call (round by round, each could pass alone).
+    oracle.plan(calibration_requests(rows, rubric, params))
     sample = draw_sample(rows, params, params.seed)
     main, labels, _ = _label_and_measure(sample, oracle, rubric, params, "calibrate")
     main_verdict, reasons = verdict(main, params.thresholds)
     # A fresh sample drawn with another seed (overlap allowed: a small stratum may have no other rows): a prompt
     # tuned to the first sample shows here as a worse score.
     fresh = draw_sample(rows, params, params.validation_seed)
-    val, _, _ = _label_and_measure(fresh, oracle, rubric, params, "calibrate (validation)")
+    val, val_labels, _ = _label_and_measure(fresh, oracle, rubric, params, "calibrate (validation)")
     val_verdict, val_reasons = verdict(val, params.thresholds)
-    agreement_result = None
+    agreement_result = gold_result = None
     if params.gold:
         gold = load_gold(params.gold, rubric)
-        agreement_result = agreement(labels, gold, rubric, params.bootstrap, params.seed)
+        # Both samples' labels: the validation rows are as much evidence of agreement as the main ones.
+        agreement_result = agreement({**val_labels, **labels}, gold, rubric, params.bootstrap, params.seed)
+        gold_verdict_, gold_reasons = gold_verdict(agreement_result, params.thresholds)
+        gold_result = {"verdict": gold_verdict_, "reasons": gold_reasons, "file": str(params.gold),
+                       "n": agreement_result["n"]}
     result = {
         "verdict": main_verdict, "reasons": reasons,
         "gate": effective_gate(params.gate, oracle.backend.name),
@@ -350,7 +300,12 @@ def calibrate(rows: list[dict], oracle, rubric: RubricParams, params: Calibratio
                        "overfit": overfit(main, val, params.thresholds),
                        "overlap_with_sample": len({r["id"] for r in sample} & {r["id"] for r in fresh})},
         "agreement": agreement_result,
+        "gold": gold_result,
         **oracle.metrics(),
     }
-    sample_rows = [{"id": r["id"], "stratum": r["stratum"], "label": labels.get(r["id"])} for r in sample]
+    result["gate_failures"] = gate_failures(result)
+    sample_rows = ([{"id": r["id"], "sample": "main", "stratum": r["stratum"], "label": labels.get(r["id"])}
+                    for r in sample]
+                   + [{"id": r["id"], "sample": "validation", "stratum": r["stratum"], "label": val_labels.get(r["id"])}
+                      for r in fresh])
     return result, sample_rows

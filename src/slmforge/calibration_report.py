@@ -35,12 +35,27 @@ def report_markdown(result: dict) -> str:
     "validation": {**measure(...), "verdict", "reasons", "overfit"} | None, "agreement": agreement(...) | None}."""
     main, val = result["sample"], result.get("validation")
     sides = [("main sample", main)] + ([("validation", val)] if val else [])
-    out = ["# Oracle calibration", "", f"**Verdict: {result['verdict']}**", ""]
-    out += [f"- {_cell(r)}" for r in result["reasons"]] or ["- (no reasons given)"]
-    out += ["", f"Gate: {result.get('gate')}; oracle: {result.get('backend')} / {result.get('model')}."]
+    from slmforge.calibration import gate_failures
+
+    failures, gate = gate_failures(result), result.get("gate")
+    state = ("open" if not failures else "CLOSED: label refuses to run" if gate == "enforce"
+             else "not enforced: label runs and records the failures")
+    gold_word = result["gold"]["verdict"] if result.get("gold") else "no gold file"
+    out = ["# Oracle calibration", "", f"**Verdict: {result['verdict']}** · validation "
+           f"**{val['verdict'] if val else 'n/a'}** · gold **{gold_word}** · gate (calibration.gate={gate}) {state}", ""]
+    out += [f"- calibration (main sample, seed-drawn strata): {result['verdict']}: " +
+            ("; ".join(_cell(r) for r in result["reasons"]) or "(no reasons given)")]
     if val:
-        out += [f"Validation sample: {val.get('verdict')}; overfit: {_fmt(val.get('overfit'))}."]
-        out += [f"- validation: {_cell(r)}" for r in val.get("reasons") or []]
+        out += [f"- validation (a fresh sample, another seed): {val['verdict']}, overfit {_fmt(val.get('overfit'))}: "
+                + ("; ".join(_cell(r) for r in val.get("reasons") or []) or "(no reasons given)")]
+    gold = result.get("gold")
+    out += [f"- gold ({gold['file']}, {gold['n']} rows labelled by both): {gold['verdict']}: "
+            + "; ".join(_cell(r) for r in gold["reasons"]) if gold else
+            "- gold: no gold file (calibration.gold is null): agreement with people is not part of the gate"]
+    o = result.get("oracle") or {}
+    out += ["", f"Oracle: {result.get('backend')} / {result.get('model')}; {o.get('calls', 0)} calls, "
+                f"{o.get('cache_hits', 0)} answers from the cache, ${o.get('usd', 0.0):.4f} paid, "
+                f"${o.get('usd_saved', 0.0):.4f} saved by the cache."]
 
     out += ["", "## Measures", "", "| measure | " + " | ".join(n for n, _ in sides) + " |",
             "|---|" + "---|" * len(sides)]
@@ -71,7 +86,8 @@ def report_markdown(result: dict) -> str:
     if not agr:
         out.append("No gold file (calibration.gold is null).")
     else:
-        out += [f"{agr['n']} records in both; 95% bootstrap percentile intervals over {agr['n_boot']} resamples.", "",
+        out += [f"{agr['n']} records labelled by the oracle (main and validation samples) and in the gold file; 95% "
+                f"bootstrap percentile intervals over {agr['n_boot']} resamples.", "",
                 "| scores | Spearman | QWK | MAE |", "|---|---|---|---|"]
 
         def stat(s: dict) -> str:
@@ -106,6 +122,7 @@ def plot_rows(sample_rows: list[dict], gold: dict[str, dict] | None, rubric) -> 
         if not label or label.get("overall") is None:
             continue
         g = (gold or {}).get(r["id"])
-        rows.append({"id": r["id"], "stratum": r["stratum"], "overall": label["overall"], **label["scores"],
+        rows.append({"id": r["id"], "sample": r.get("sample", "main"), "stratum": r["stratum"],
+                     "overall": label["overall"], **label["scores"],
                      "gold_overall": overall_score(g["scores"], rubric) if g else None})
     return rows

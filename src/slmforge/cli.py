@@ -1,10 +1,12 @@
 """The `slmforge` command: `compose` writes params.yaml from conf/; `chat` talks to base + adapter;
 `merge` exports a merged model; `score` scores records with the student scorer; `doctor` says what this
 machine can run; `push` shares every run with the team (`dvc push --run-cache` and the outputs its records name);
-`verify` re-runs the pipeline in a temporary clone and says which stages' outputs differ from dvc.lock.
+`verify` re-runs the pipeline in a temporary clone and says which stages' outputs differ from dvc.lock;
+`cost` forecasts what the oracle will cost before anything runs; `annotate` writes human gold scores.
 
 Run: slmforge chat | slmforge merge --out models/merged | slmforge score FILE --out OUT | slmforge doctor |
-slmforge compose [OVERRIDE ...] | slmforge push [--remote NAME] | slmforge verify [--until STAGE]
+slmforge compose [OVERRIDE ...] | slmforge push [--remote NAME] | slmforge verify [--until STAGE] | slmforge cost |
+slmforge annotate
 """
 
 from __future__ import annotations
@@ -145,6 +147,25 @@ def main(argv=None) -> None:
     p.add_argument("--keep", action="store_true", help="keep the clone afterwards, to look at what differs")
     p.add_argument("--json", default=None, help="also write the report as JSON to this file")
     p.add_argument("--repo", default=".", help="the repository to check (its HEAD and dvc.lock)")
+    p = sub.add_parser("cost", help="what the oracle would cost the pipeline with the current params, before it runs")
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--kept", default="data/clean/kept.jsonl")
+    p.add_argument("--raw-dir", default="data/raw")
+    p.add_argument("--chatml", default="data/chatml/all.jsonl")
+    p.add_argument("--test", default="data/split/test.jsonl")
+    p.add_argument("--answers", default="data/oracle_cache", help="the oracle stages' answer folders (pulled)")
+    p.add_argument("--runs-dir", default="metrics/runs", help="the oracle stages' run facts: what their last runs "
+                   "paid on this machine")
+    p.add_argument("--oracle-model", default="models/oracle", help="the local oracle's own model (its pin keys answers)")
+    p.add_argument("--oracle-pin", default="models/oracle.json")
+    p = sub.add_parser("annotate", help="score the calibration sample by hand, one key per score, into a gold file")
+    p.add_argument("--sample", default="data/calibration/sample.jsonl", help="calibrate's sample, with the oracle's "
+                   "labels")
+    p.add_argument("--chatml", default="data/chatml/all.jsonl", help="the chat rows (the text shown)")
+    p.add_argument("--gold", default="data/gold/annotations.jsonl", help="the gold file written (and resumed)")
+    p.add_argument("--which", choices=["main", "validation", "all"], default="all", help="which sample's rows")
+    p.add_argument("--by", default=None, help="who is annotating (recorded in each row; default: annotate)")
+    p.add_argument("--params", default="params.yaml", help="params file whose `rubric` gives the dimensions")
     args = ap.parse_args(argv)
 
     def command() -> None:
@@ -202,6 +223,46 @@ def main(argv=None) -> None:
             from slmforge.verify import main as verify_main
 
             sys.exit(verify_main(args))
+        elif args.command == "cost":
+            from pathlib import Path
+
+            from slmforge import cost, cost_lookup
+            from slmforge.io import read_jsonl
+            from slmforge.params import load_source_params, read_params_file
+
+            p = cost.load_cost_params(args.params)
+            sources = {name: load_source_params(name, args.params) for name in read_params_file(args.params)["sources"]}
+            records, missing, basis = cost_lookup.records_at_hand(Path(args.kept), Path(args.raw_dir), sources)
+            chatml, test = Path(args.chatml), Path(args.test)
+            has = cost_lookup.cache_lookup(p.oracle, args.oracle_model, args.oracle_pin, sorted(Path(args.answers).glob("*")))
+            forecasts = cost.forecast_pipeline(p, records=records, rows=read_jsonl(chatml) if chatml.exists() else None,
+                                               test_rows=read_jsonl(test) if test.exists() else None, has=has)
+            spent = cost.read_spent({s: Path(args.runs_dir) / f"{s}.json" for s in cost.PIPELINE})
+            print(f"records: {basis}" + (f"; not counted (not collected yet; collecting asks no oracle): "
+                                         f"{', '.join(missing)}" if missing else ""))
+            for line in cost.forecast_table(forecasts, p.oracle, spent):
+                print(line)
+        elif args.command == "annotate":
+            from pathlib import Path
+
+            from slmforge.annotate import annotate, terminal_keys
+            from slmforge.io import UserError, read_jsonl
+            from slmforge.params import load_params
+
+            if not Path(args.sample).is_file():
+                raise UserError(f"{args.sample}: no calibration sample: run `dvc repro calibrate` first")
+            chats = {r["id"]: r for r in read_jsonl(args.chatml)} if Path(args.chatml).is_file() else {}
+
+            def write(text: str) -> None:
+                sys.stdout.write(text)
+                sys.stdout.flush()
+
+            with terminal_keys() as read_key:
+                try:
+                    annotate(read_jsonl(args.sample), chats, args.gold, load_params("rubric", args.params), read_key,
+                             write, args.which, args.by)
+                except KeyboardInterrupt:  # Ctrl-C: every finished row is saved already
+                    write("\ninterrupted: the rows scored so far are saved\n")
         elif args.command == "doctor":
             from slmforge.doctor import report
 

@@ -84,6 +84,7 @@ class VerdictParams:
     p_max: float  # Wilcoxon p below this
     min_effect: float  # Cohen's d above this
     min_improvement: float  # relative improvement above this (0.15 = 15%)
+    on_overfit: str  # report (the flag in the report only) | review (DEPLOY becomes REVIEW) | fail
 
 
 @dataclass(frozen=True)
@@ -163,7 +164,8 @@ class OracleParams:
     cache_write_multiplier: float  # prompt caching: writing the shared prefix costs this x input price
     cache_read_multiplier: float  # reading it back costs this x input price
     batch_discount: float  # Message Batches price factor
-    max_usd: float  # refuse to start when the estimate for cache misses is above this
+    max_usd: float  # the pipeline's ceiling: spent by earlier stages + this stage + the forecast of the rest
+    stage_max_usd: dict[str, float]  # a ceiling per oracle stage: synthesize, calibrate, label, evaluate
     prompt_cache: bool  # mark the shared rubric prefix for prompt caching (claude)
     batch: bool  # label through the Message Batches API (claude)
     batch_poll_s: float
@@ -207,6 +209,9 @@ class CalibrationThresholds:
     fail_fp_min: float
     fail_fn_min: float
     overfit_points: float  # validation worse by more than this many points (of 100) -> overfit
+    gold_min_spearman: float  # with a gold file, the gate needs the overall score's Spearman at least this,
+    gold_min_qwk: float  # its quadratic-weighted kappa at least this,
+    gold_max_mae: float  # and its mean absolute error at most this
 
 
 @dataclass(frozen=True)
@@ -392,6 +397,14 @@ class TweetFilterParams:
 
 
 @dataclass(frozen=True)
+class ApifyParentParams:
+    """Fetching the tweets that replies answer when the search did not return them."""
+    fetch: str  # ids (a run by the parents' tweet URLs) | conversation (a run by conversation ids) | none
+    max_parents: int  # parents asked for in one run at most (0: no cap)
+    run_input: dict[str, Any]  # further input of that run (maxItems, ...), merged under the ids
+
+
+@dataclass(frozen=True)
 class ApifySourceParams:
     kind: str  # "apify"
     watch: str
@@ -404,6 +417,7 @@ class ApifySourceParams:
     timeout_s: float  # how long to wait for the actor run
     max_retries: int
     filters: TweetFilterParams
+    parents: ApifyParentParams
     max_records: int
 
 

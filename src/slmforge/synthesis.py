@@ -19,13 +19,22 @@ def citation(doc: dict) -> dict:
             "url": (doc.get("provenance") or {}).get("url"), "authors": meta.get("authors", [])}
 
 
-def synthesize(records: list[dict], oracle: Oracle, params: SynthesizeParams) -> tuple[list[dict], dict]:
-    """Pair records made from every `document` record (none: an empty list, and the stage passes through)."""
+def documents(records: list[dict], params: SynthesizeParams) -> tuple[list[dict], int]:
+    """(the documents asked about, in id order and capped by max_documents; how many the cap left out)."""
     docs = sorted((r for r in records if r.get("kind") == "document"), key=lambda r: r["id"])
     skipped = len(docs) - params.max_documents if params.max_documents and len(docs) > params.max_documents else 0
-    docs = docs[:params.max_documents] if params.max_documents else docs
-    requests = [synth_request(d, params.pairs_per_document, params.max_document_chars, oracle.params.max_tokens)
-                for d in docs]
+    return (docs[:params.max_documents] if params.max_documents else docs), skipped
+
+
+def synth_requests(records: list[dict], params: SynthesizeParams, max_tokens: int) -> list:
+    return [synth_request(d, params.pairs_per_document, params.max_document_chars, max_tokens)
+            for d in documents(records, params)[0]]
+
+
+def synthesize(records: list[dict], oracle: Oracle, params: SynthesizeParams) -> tuple[list[dict], dict]:
+    """Pair records made from every `document` record (none: an empty list, and the stage passes through)."""
+    docs, skipped = documents(records, params)
+    requests = synth_requests(docs, params, oracle.params.max_tokens)
     answers = oracle.ask(requests, "synthesize") if docs else []
     pairs, seen, dropped = [], set(), Counter()
     for doc, ans in zip(docs, answers):

@@ -199,6 +199,36 @@ def _dvclive_callback(live):
     return DvcLiveLogger()
 
 
+def _last_step_evaluation():
+    from transformers import TrainerCallback
+
+    class EvaluateLastStep(TrainerCallback):
+        """Evaluate (and save) at the last step too, whatever eval_steps says: the Trainer restores the best
+        checkpoint at the end, so only an evaluation logged before that restore tells how the run ended."""
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.max_steps and state.global_step >= state.max_steps:
+                control.should_evaluate = control.should_save = True
+            return control
+
+    return EvaluateLastStep()
+
+
+def rows_seen_once(train_rows: list[dict], params: TrainParams, n: int) -> list[dict]:
+    """Up to n training rows that an epoch shows exactly once (origin_weights repeat facts several times and
+    leave part of a fractional origin out), ranked by a seeded hash: the training loss the validation loss is
+    compared with, so a gap means the rows were learnt, not that they were shown six times."""
+    import hashlib
+    from collections import Counter
+
+    if params.max_train_examples:
+        train_rows = train_rows[: params.max_train_examples]
+    seen = Counter(r["id"] for chosen in epoch_rounds(train_rows, params.origin_weights, params.seed) for r in chosen)
+    once = [r for r in train_rows if seen[r["id"]] == 1]
+    rank = lambda r: hashlib.sha256(f"{params.seed}:gap:{r['id']}".encode()).hexdigest()  # noqa: E731
+    return sorted(once, key=rank)[:n]
+
+
 def training_datasets(train_rows: list[dict], val_rows: list[dict], tokenizer, params: TrainParams,
                       template_kwargs: dict | None = None, accounting: dict | None = None,
                       stats: dict | None = None):
@@ -383,7 +413,7 @@ def train(*, train_rows: list[dict], val_rows: list[dict], data_files: list[Path
     config = sft_config(params, ckpt_dir, model_params, plan["loss_kernel"])
 
     live = None
-    callbacks = [EarlyStoppingCallback(early_stopping_patience=params.early_stopping_patience)]
+    callbacks = [EarlyStoppingCallback(early_stopping_patience=params.early_stopping_patience), _last_step_evaluation()]
     if ctx.is_main:  # one writer of metrics/train
         metrics_dir.mkdir(parents=True, exist_ok=True)
         live = Live(dir=str(metrics_dir), resume=resume is not None, save_dvc_exp=False, dvcyaml=None)
@@ -395,25 +425,39 @@ def train(*, train_rows: list[dict], val_rows: list[dict], data_files: list[Path
     start = time.time()
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     seconds = time.time() - start
-    final_eval = trainer.evaluate()
+    # A copy: the evaluations below append to the log. It ends with the last step's evaluation, made before the
+    # Trainer restored the best checkpoint.
+    history = list(trainer.state.log_history)
+    final_eval = trainer.evaluate()  # the best checkpoint: the adapter that is saved
+    # The gap on as many rows seen once as there are validation rows, by the same model and the same evaluation.
+    once = rows_seen_once(train_rows, params, len(val_rows))
+    once_ds = build_dataset(once, tokenizer, params.max_seq_len) if once else None
+    trainer.remove_callback(EarlyStoppingCallback)  # training is over; it would only warn about the prefix below
+    once_eval = trainer.evaluate(eval_dataset=once_ds, metric_key_prefix="train_once") if once_ds else {}
     # one record per process, in rank order (accelerate's gather returns the list as is in a one-process run)
     ranks = gather_object([{"rank": ctx.rank, "pid": os.getpid(), "device": str(trainer.args.device),
                             "steps": trainer.state.global_step, "train_seconds": round(seconds, 2)}])
 
-    history = trainer.state.log_history
     train_losses = [h["loss"] for h in history if "loss" in h]
     eval_points = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
     best_step, best_eval = min(eval_points, key=lambda x: x[1]) if eval_points else (None, final_eval["eval_loss"])
+    last_step, last_eval = eval_points[-1] if eval_points else (trainer.state.global_step, final_eval["eval_loss"])
     recent_train = sum(train_losses[-3:]) / len(train_losses[-3:]) if train_losses else float("nan")
-    gap = final_eval["eval_loss"] - recent_train
+    once_loss = once_eval.get("train_once_loss")
+    gap = None if once_loss is None else final_eval["eval_loss"] - once_loss
     summary = {
-        "train_loss": recent_train,
-        "eval_loss": final_eval["eval_loss"],
+        "train_loss": recent_train,  # the running loss of the last logged steps (dropout on, repeats included)
+        "eval_loss": final_eval["eval_loss"],  # of the saved adapter (the best checkpoint)
         "best_eval_loss": best_eval,
         "best_step": best_step,
+        "last_eval_loss": last_eval,  # at the last step, before the best checkpoint was restored
+        "last_eval_step": last_step,
+        "last_minus_best_eval_loss": last_eval - best_eval,
         "last_step": trainer.state.global_step,
-        "train_eval_gap": gap,
-        "overfit_flag": bool(gap > params.gap_threshold),
+        "train_once_loss": once_loss,  # the saved adapter's loss on training rows an epoch shows once
+        "train_once_rows": len(once),
+        "train_eval_gap": gap,  # validation loss minus train_once_loss, same model, same evaluation
+        "overfit_flag": bool(gap is not None and gap > params.gap_threshold),
         "stopped_early": trainer.state.global_step < trainer.state.max_steps,
         "train_examples": len(train_ds),
         "train_tokens_per_epoch": n_train_tokens,
@@ -437,8 +481,8 @@ def train(*, train_rows: list[dict], val_rows: list[dict], data_files: list[Path
                  summary=summary, data_files=data_files, fingerprint=fingerprint, is_main=ctx.is_main)
     if not ctx.is_main:
         return None
-    for key in ("train_loss", "eval_loss", "best_eval_loss", "train_eval_gap", "overfit_flag", "best_step",
-                "last_step", "world_size", "rows"):
+    for key in ("train_loss", "eval_loss", "best_eval_loss", "last_eval_loss", "train_once_loss", "train_eval_gap",
+                "overfit_flag", "stopped_early", "best_step", "last_step", "world_size", "rows"):
         live.summary[key] = summary[key]
     live.make_summary()
     live.end()

@@ -99,11 +99,12 @@ def test_repro_runs_the_whole_dag(repo):
     out = sh("dvc repro", repo, timeout=1800).stdout  # every stage, the local oracle labelling ~560 rows: minutes
     stages = ran(out)
     order = ["check_params", "collect@files", "collect@sample", "base", "oracle_model", "clean", "synthesize", "chatml",
-             "calibrate", "label", "split", "train", "evaluate", "train_scorer", "evaluate_scorer"]
+             "calibrate", "label", "split", "train", "evaluate", "cost", "train_scorer", "evaluate_scorer"]
     assert sorted(stages) == sorted(order), stages
     for before, after in [("clean", "synthesize"), ("oracle_model", "synthesize"), ("synthesize", "chatml"),
                           ("chatml", "calibrate"), ("calibrate", "label"), ("label", "split"), ("split", "train"),
-                          ("train", "evaluate"), ("split", "train_scorer"), ("train_scorer", "evaluate_scorer")]:
+                          ("train", "evaluate"), ("evaluate", "cost"), ("split", "train_scorer"),
+                          ("train_scorer", "evaluate_scorer")]:
         assert stages.index(before) < stages.index(after), (before, after, stages)
     clean = json.loads((repo / "metrics/clean.json").read_text())
     assert clean["records_in"] == clean["kept"] + clean["rejected"] and clean["accounting_ok"]
@@ -124,8 +125,12 @@ def test_repro_runs_the_whole_dag(repo):
     assert calibration["verdict"] in ("PASS", "REVIEW", "FAIL") and calibration["gate"] == "warn"
     assert calibration["validation"]["verdict"] in ("PASS", "REVIEW", "FAIL")
     assert (repo / "reports/calibration.md").read_text().startswith("# Oracle calibration")
+    # the shipped gold file is read: the embedded oracle's agreement with it fails, and the warn gate says so
+    assert calibration["gold"]["file"] == "data/gold/sample.jsonl" and calibration["agreement"]["n"] > 0
+    assert calibration["gate_failures"] and any(f.startswith("gold FAIL") for f in calibration["gate_failures"])
     label = json.loads((repo / "metrics/label.json").read_text())
     assert label["labelled"] == chatml["rows_out"] and label["accounting_ok"]
+    assert label["gate_failures"] == calibration["gate_failures"]  # under warn: recorded, not enforced
     # calibration's rows were labelled there first: label pays only for the rest
     label_run = run_facts(repo, "label")["oracle"]
     assert label_run["cache_hits"] > 0 and label_run["calls"] + label_run["cache_hits"] == chatml["rows_out"]
@@ -143,7 +148,7 @@ def test_repro_runs_the_whole_dag(repo):
         for key in ("perplexity", "token_accuracy", "rouge_l", "probe_accuracy", "hallucination_rate"):
             assert isinstance(metrics[side][key], float), (side, key)
     train = json.loads((repo / "metrics/train/metrics.json").read_text())
-    assert {"train_eval_gap", "overfit_flag", "best_eval_loss"} <= set(train)
+    assert {"train_eval_gap", "overfit_flag", "best_eval_loss", "last_eval_loss", "train_once_loss"} <= set(train)
     assert (repo / "metrics/train/plots/metrics/train/loss.tsv").exists()
     assert (repo / "metrics/train/plots/metrics/eval/loss.tsv").exists()
     assert metrics["verdict"] in ("DEPLOY", "REVIEW", "FAIL") and metrics["reasons"]
@@ -164,6 +169,12 @@ def test_repro_runs_the_whole_dag(repo):
     assert metrics["overfitting"]["last_step"] >= metrics["overfitting"]["best_step"]
     report = (repo / "reports/eval.md").read_text()
     assert report.startswith(f"# Evaluation: **{metrics['verdict']}**") and "probe_accuracy" in report
+    assert report.splitlines()[4].startswith("Overfitting: **")
+    # the cost: $0 for the local oracle, every call counted, stage by stage
+    cost = json.loads((repo / "metrics/cost.json").read_text())
+    assert cost["total"]["usd"] == 0 and cost["total"]["calls"] == sum(
+        m["oracle"]["calls"] for m in (synth, calibration, label, metrics)) > 0
+    assert (repo / "reports/cost.md").read_text().startswith("# Oracle cost")
     assert "## Test items side by side" in report
     for name in ("eval_per_source", "eval_judge", "calibration"):
         assert json.loads((repo / f"metrics/plots/{name}.json").read_text()), name
@@ -285,7 +296,7 @@ def test_param_change_runs_exactly_train_and_evaluate_and_a_killed_train_resumes
 
     out = sh("dvc repro", repo).stdout
     # check_params passed in the killed run (conf/ is unchanged since), so exactly train and evaluate run
-    assert ran(out) == ["train", "evaluate"], out
+    assert ran(out) == ["train", "evaluate", "cost"], out
     train = json.loads((repo / "metrics/train/metrics.json").read_text())
     assert run_facts(repo, "train")["resumed_from_step"] >= 2 and train["last_step"] == 10
     adapter = json.loads((repo / "models/adapter/adapter_config.json").read_text())
@@ -358,7 +369,7 @@ def test_queued_sweep_runs_only_train_and_evaluate(repo):
     assert len(names) == 4, names
     for name in names:
         log = sh(f"dvc queue logs {name}", repo).stdout
-        assert set(ran(log)) == {"train", "evaluate"}, (name, ran(log))
+        assert set(ran(log)) == {"train", "evaluate", "cost"}, (name, ran(log))
     diff = sh(f"dvc metrics diff HEAD {names[0]}", repo).stdout
     assert "metrics/eval.json" in diff
 
@@ -442,7 +453,7 @@ def test_two_queue_workers_give_the_results_of_one_at_a_time(repo):
     report = {}
     for name in points:
         log = sh(f"dvc queue logs {name}", repo).stdout
-        assert set(ran(log)) == {"train", "evaluate"}, (name, ran(log))
+        assert set(ran(log)) == {"train", "evaluate", "cost"}, (name, ran(log))
         twin = next(n for n, rev in refs.items() if n not in points and params_of(rev) == params_of(refs[name]))
         mine, theirs = outs_of(repo, refs[name]), outs_of(repo, refs[twin])
         train_a, train_b = (json.loads(cached_file(repo, o, "metrics/train/metrics.json")) for o in (mine, theirs))
@@ -565,9 +576,8 @@ def test_s3_remote_push_pull_and_a_teammate_restores_every_stage_from_the_run_ca
     assert ran(out.stdout) == [], out.stdout[-3000:]
     restored = [line.split("'")[1] for line in out.stdout.splitlines() if "is cached - skipping run" in line]
     assert sorted(restored) == sorted(["check_params", "collect@files", "collect@sample", "base", "oracle_model", "clean",
-                                       "synthesize",
-                                       "chatml", "calibrate", "label", "split", "train", "evaluate", "train_scorer",
-                                       "evaluate_scorer"]), out.stdout[-3000:]
+                                       "synthesize", "chatml", "calibrate", "label", "split", "train", "evaluate", "cost",
+                                       "train_scorer", "evaluate_scorer"]), out.stdout[-3000:]
     for stage in ("synthesize", "calibrate", "label", "evaluate"):  # the answers somebody paid for
         assert list((mate / "data/oracle_cache" / stage).rglob("*.json*")), stage
     assert not store.exists() or not list(store.rglob("*.json*"))  # nothing was asked of the oracle
@@ -578,7 +588,7 @@ def test_s3_remote_push_pull_and_a_teammate_restores_every_stage_from_the_run_ca
     sh("git checkout -q -f - && git config user.email t@t && git config user.name t", mate)
     out = sh("dvc exp run --pull -S lora.r=4 -S train.lr=1e-4", mate, store=store, extra_env=env, timeout=1200)
     assert ran(out.stdout) == [], out.stdout[-3000:]
-    assert {"train", "evaluate"} <= {line.split("'")[1] for line in out.stdout.splitlines()
+    assert {"train", "evaluate", "cost"} <= {line.split("'")[1] for line in out.stdout.splitlines()
                                     if "is cached - skipping run" in line}, out.stdout[-3000:]
     assert json.loads((mate / "models/adapter/adapter_config.json").read_text())["r"] == 4
     sweep_weights = {cached_file(repo, outs_of(repo, rev), "models/adapter/adapter_model.safetensors")

@@ -9,7 +9,8 @@ import math
 
 import pytest
 
-from slmforge.evaluation.compare import (check_templates, json_safe, overfitting, plot_rows, statistics)
+from slmforge.evaluation.compare import (check_templates, json_safe, overfit_policy, overfitting, plot_rows,
+                                         statistics)
 from slmforge.evaluation.generate import generate
 from slmforge.evaluation.metrics import format_ok, group_of, per_group, units_in
 from slmforge.evaluation.report import render
@@ -22,8 +23,8 @@ UNITS = ["%", "days", "day", "weeks", "ms", "$", "USD"]
 def params(metric: str = "rouge_l", **kw) -> EvalParams:
     return EvalParams(max_new_tokens=8, batch_size=4, max_test_items=0, max_probes=0, seed=0, abstain_markers=[],
                       units=UNITS, bootstrap=200, examples=3, judge=JudgeParams(True, 0, 0.5, 0.5),
-                      verdict=VerdictParams(metric=metric, p_max=0.05, min_effect=0.3, min_improvement=0.15),
-                      **{"strip_think": True, **kw})
+                      verdict=VerdictParams(metric=metric, p_max=0.05, min_effect=0.3, min_improvement=0.15,
+                                            on_overfit="review"), **{"strip_think": True, **kw})
 
 
 @pytest.mark.parametrize("pred,ref,expected", [
@@ -70,11 +71,29 @@ def test_templates_must_agree_between_the_adapter_and_the_base(tmp_path):
         check_templates("c" * 64, "a" * 64, tmp_path)
 
 
-def test_overfitting_reads_best_against_last_from_the_training_log():
+def test_overfitting_reads_best_against_the_last_step_logged_before_the_restore():
+    # eval_loss is the saved adapter's (the best checkpoint's): last - best comes from last_eval_loss, or it would
+    # be 0 by construction
     o = overfitting({"train_eval_gap": 0.8, "overfit_flag": True, "best_step": 40, "last_step": 100,
-                     "best_eval_loss": 1.5, "eval_loss": 1.9})
+                     "best_eval_loss": 1.5, "eval_loss": 1.5, "last_eval_loss": 1.9, "train_once_rows": 50})
     assert o["last_minus_best_eval_loss"] == pytest.approx(0.4) and (o["best_step"], o["last_step"]) == (40, 100)
-    assert overfitting({})["last_minus_best_eval_loss"] is None
+    assert overfitting({})["last_minus_best_eval_loss"] is None and overfitting({})["overfit_flag"] is False
+
+
+FLAGGED = overfitting({"train_eval_gap": 0.8, "overfit_flag": True, "train_once_rows": 50, "best_eval_loss": 1.5,
+                       "last_eval_loss": 1.9, "best_step": 40, "last_step": 100, "stopped_early": True})
+
+
+@pytest.mark.parametrize("policy, verdict", [("report", "DEPLOY"), ("review", "REVIEW"), ("fail", "FAIL")])
+def test_an_overfit_flag_reaches_the_verdict_as_eval_verdict_on_overfit_says(policy, verdict):
+    _, head = statistics(paired_items(30, 0.05), params(), None)
+    assert head["verdict"] == "DEPLOY"
+    decided = overfit_policy(head, FLAGGED, policy)
+    assert decided["verdict"] == verdict
+    assert decided["reasons"][-1].startswith("overfit: the train/validation loss gap +0.800 on 50 training rows")
+    assert overfit_policy(head, overfitting({"overfit_flag": False}), "fail") == head  # no flag: nothing changes
+    with pytest.raises(UserError, match="eval.verdict.on_overfit must be report, review or fail"):
+        overfit_policy(head, FLAGGED, "ignore")
 
 
 def paired_items(n: int, gain: float) -> list[dict]:
@@ -167,6 +186,11 @@ def test_report_puts_the_verdict_first_then_intervals_then_side_by_side_examples
     result = result_for_report()
     text = render(result, n_examples=3)
     assert text.splitlines()[0] == f"# Evaluation: **{result['verdict']}**"
+    flagged = render({**result, "overfitting": FLAGGED}, n_examples=3).splitlines()
+    assert flagged[4].startswith("Overfitting: **flagged**: train/validation loss gap +0.800 on 50 training rows "
+                                 "seen once; validation loss at the last step 1.9000 against the best 1.5000 (step 40)")
+    assert flagged[4].endswith("early stopping ended the run at step 100.")
+    assert text.splitlines()[4].startswith("Overfitting: **not flagged**")
     assert text.index("95% CI") < text.index("## Paired statistics") < text.index("## Test items side by side")
     assert "| question | reference | base | tuned | judge |" in text
     assert text.count("tuned says") == 3 and "(3 of 12)" in text

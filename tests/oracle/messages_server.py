@@ -50,8 +50,10 @@ def _now_iso(delta: timedelta = timedelta(0)) -> str:
 
 
 class MessagesServer:
-    def __init__(self, responder: Callable[[dict], str] | None = None, batch_polls_in_progress: int = 1):
+    def __init__(self, responder: Callable[[dict], str] | None = None, batch_polls_in_progress: int = 1,
+                 tokens: Callable[[str], int] | None = None):
         self.responder = responder or default_responder
+        self.tokens = tokens or estimate_tokens  # how the "API" counts a text's tokens in its usage
         self.batch_polls_in_progress = batch_polls_in_progress  # retrieves answered in_progress before `ended`
         self.requests: list[dict] = []
         self.faults: list[dict] = []
@@ -146,8 +148,8 @@ class MessagesServer:
         system = body.get("system") or ""
         system_text = _text_of(system)
         cacheable = isinstance(system, list) and any("cache_control" in b for b in system if isinstance(b, dict))
-        prompt_tokens = sum(estimate_tokens(_text_of(m.get("content"))) for m in body.get("messages", []))
-        system_tokens = estimate_tokens(system_text)
+        prompt_tokens = sum(self.tokens(_text_of(m.get("content"))) for m in body.get("messages", []))
+        system_tokens = self.tokens(system_text)
         write = read = 0
         if cacheable:  # like the API: the cached prefix is billed as a write once, then as reads
             key = (body.get("model", ""), system_text)
@@ -160,7 +162,7 @@ class MessagesServer:
         return {"id": f"msg_{uuid.uuid4().hex[:24]}", "type": "message", "role": "assistant",
                 "model": body.get("model", ""), "content": [{"type": "text", "text": text}],
                 "stop_reason": "end_turn", "stop_sequence": None,
-                "usage": {"input_tokens": prompt_tokens, "output_tokens": estimate_tokens(text),
+                "usage": {"input_tokens": prompt_tokens, "output_tokens": self.tokens(text),
                           "cache_creation_input_tokens": write, "cache_read_input_tokens": read}}
 
     def _answer(self, req: dict) -> tuple[int, dict, str]:
@@ -241,9 +243,9 @@ class MessagesServer:
 
 
 @contextlib.contextmanager
-def running_messages_server(responder: Callable[[dict], str] | None = None) -> Iterator[MessagesServer]:
+def running_messages_server(responder: Callable[[dict], str] | None = None, **kwargs) -> Iterator[MessagesServer]:
     """A started MessagesServer (its URL in `.base_url`), stopped on exit."""
-    with MessagesServer(responder) as server:
+    with MessagesServer(responder, **kwargs) as server:
         yield server
 
 

@@ -23,6 +23,7 @@ TOKEN = "fake-token-" + secrets.token_hex(8)  # made per run, so no credential-l
 ACTOR = "apidojo/tweet-scraper"
 RUN_ID = "Hq2CjbRh2y4DZcTE1"
 DATASET_ID = "wEZmtHyyYgxq9pB4r"
+PARENTS_RUN, PARENTS_DATASET = "Pq7LmRrk2x9GvB4u1", "pR3ntsDataset0001"
 T0 = datetime(2023, 11, 24, 17, 49, 36, tzinfo=timezone.utc)
 FAST = timedelta(milliseconds=5)  # retry back-off for tests
 
@@ -56,15 +57,15 @@ def reply(rid: str, parent: str, *, likes: int = 20, followers: int = 2000, minu
     return item
 
 
-def run_object(status: str) -> dict:
+def run_object(status: str, run_id: str = RUN_ID, dataset_id: str = DATASET_ID) -> dict:
     """A run as GET /v2/actor-runs/{id} returns it (the fields apify-client's Run model requires)."""
     return {
-        "id": RUN_ID, "actId": "61RPP7dywgiy0JPD0", "userId": "u1", "startedAt": "2026-11-22T10:00:00.000Z",
+        "id": run_id, "actId": "61RPP7dywgiy0JPD0", "userId": "u1", "startedAt": "2026-11-22T10:00:00.000Z",
         "finishedAt": None if status == "RUNNING" else "2026-11-22T10:03:00.000Z", "status": status,
         "statusMessage": "Finished!" if status == "SUCCEEDED" else None,
         "meta": {"origin": "API"}, "stats": {"inputBodyLen": 120, "restartCount": 0},
         "options": {"build": "latest", "timeoutSecs": 900, "memoryMbytes": 1024, "diskMbytes": 2048},
-        "buildId": "b1", "defaultKeyValueStoreId": "kv1", "defaultDatasetId": DATASET_ID,
+        "buildId": "b1", "defaultKeyValueStoreId": "kv1", "defaultDatasetId": dataset_id,
         "defaultRequestQueueId": "rq1",
     }
 
@@ -73,22 +74,31 @@ class FakeApify:
     """Serves one actor and one dataset the way api.apify.com does; `item_failures` are statuses the items
     endpoint answers first (429, 500) before it serves pages."""
 
-    def __init__(self, lb: Loopback, items: list, *, final_status: str = "SUCCEEDED", item_failures=()):
+    def __init__(self, lb: Loopback, items: list, *, final_status: str = "SUCCEEDED", item_failures=(),
+                 parents: list | None = None):
+        """`parents`: the dataset of a second run (the fetch of missing parents); the first run is the search."""
         self.items, self.item_failures = items, list(item_failures)
-        lb.route("POST", "/v2/actors/apidojo~tweet-scraper/runs", json_response({"data": run_object("RUNNING")}, 201))
+        runs = [json_response({"data": run_object("RUNNING")}, 201)]
+        if parents is not None:
+            runs.append(json_response({"data": run_object("RUNNING", PARENTS_RUN, PARENTS_DATASET)}, 201))
+            lb.route("GET", f"/v2/actor-runs/{PARENTS_RUN}",
+                     json_response({"data": run_object("SUCCEEDED", PARENTS_RUN, PARENTS_DATASET)}))
+            lb.handle("GET", f"/v2/datasets/{PARENTS_DATASET}/items", lambda req: self.items_page(req, parents))
+        lb.route("POST", "/v2/actors/apidojo~tweet-scraper/runs", *runs)
         lb.route("GET", f"/v2/actor-runs/{RUN_ID}", json_response({"data": run_object(final_status)}))
         lb.handle("GET", f"/v2/datasets/{DATASET_ID}/items", self.items_page)
 
-    def items_page(self, req):
+    def items_page(self, req, items=None):
+        items = self.items if items is None else items
         if self.item_failures:
             status = self.item_failures.pop(0)
             kind = "rate-limit-exceeded" if status == 429 else "internal-server-error"
             return json_response({"error": {"type": kind, "message": f"status {status}"}}, status)
         offset = int(req["query"].get("offset", ["0"])[0])
-        limit = int(req["query"].get("limit", ["0"])[0]) or len(self.items)
-        page = self.items[offset:offset + limit]
+        limit = int(req["query"].get("limit", ["0"])[0]) or len(items)
+        page = items[offset:offset + limit]
         return json_response(page, headers={
-            "X-Apify-Pagination-Total": str(len(self.items)), "X-Apify-Pagination-Offset": str(offset),
+            "X-Apify-Pagination-Total": str(len(items)), "X-Apify-Pagination-Offset": str(offset),
             "X-Apify-Pagination-Count": str(len(page)), "X-Apify-Pagination-Limit": str(limit),
             "X-Apify-Pagination-Desc": "false"})
 
@@ -122,13 +132,18 @@ def test_registered_as_a_collector():
     assert COLLECTORS["apify"] is apify.collect
 
 
+def no_fetch(lb: Loopback, **changes) -> ApifySourceParams:
+    params = make_params(lb, **changes)
+    return dataclasses.replace(params, parents=dataclasses.replace(params.parents, fetch="none"))
+
+
 def test_actor_run_pairs_replies_with_their_tweets(lb):
     items = [reply("r1", "t1"),  # before its parent: it waits for it
              tweet("t1"), tweet("t2", "Is a p-value of 0.06 'almost significant'?"),
              reply("r2", "t2", text="@asker No. Treat 0.06 as weak evidence &amp; report the interval, not a verdict."),
              reply("r3", "t-not-in-dataset"), {"noResults": True}]
     FakeApify(lb, items)
-    records, quarantine, stats = collect(make_params(lb))
+    records, quarantine, stats = collect(no_fetch(lb))
 
     assert [r["id"] for r in records] == ["apify:tweets:r1", "apify:tweets:r2"]
     r2 = records[1]
@@ -146,7 +161,7 @@ def test_actor_run_pairs_replies_with_their_tweets(lb):
     # What the client sent: the actor's input, a platform-side timeout, a wait on the run, the token as a header.
     (start,) = lb.calls("POST", "/v2/actors/apidojo~tweet-scraper/runs")
     body = gzip.decompress(start["body"]) if start["headers"].get("Content-Encoding") == "gzip" else start["body"]
-    assert json.loads(body) == make_params(lb).run_input
+    assert json.loads(body) == make_params(lb).run_input and stats["parents_fetch"] == "off"
     assert start["query"]["timeout"] == ["900"]
     assert {k.lower(): v for k, v in start["headers"].items()}["authorization"] == f"Bearer {TOKEN}"
     assert "waitForFinish" in lb.calls("GET", f"/v2/actor-runs/{RUN_ID}")[0]["query"]
@@ -340,3 +355,71 @@ def test_pagination_reads_every_page(lb):
     pages = lb.calls("GET", f"/v2/datasets/{DATASET_ID}/items")
     assert [(p["query"]["offset"], p["query"]["limit"]) for p in pages] == [
         (["0"], ["5"]), (["5"], ["5"]), (["10"], ["5"]), (["12"], ["5"])]
+
+
+def run_inputs(lb: Loopback) -> list[dict]:
+    out = []
+    for call in lb.calls("POST", "/v2/actors/apidojo~tweet-scraper/runs"):
+        body = gzip.decompress(call["body"]) if call["headers"].get("Content-Encoding") == "gzip" else call["body"]
+        out.append(json.loads(body))
+    return out
+
+
+def test_replies_whose_tweets_are_missing_are_completed_by_a_run_for_the_parents(lb):
+    # What `"A/B test" filter:replies` returns: replies, mostly without their tweets.
+    search = [tweet("t0"), reply("r0", "t0"), reply("r1", "p1"), reply("r2", "p2"), reply("r2b", "p2", likes=30),
+              reply("r3", "p3")]
+    parents = [tweet("p1", "Should we stop an A/B test early when it looks significant?"),
+               tweet("p2", "Thread on sample sizes: https://t.co/abc"),  # a link: fails the seed filter as a tweet
+               tweet("x9", "Another tweet the run happened to return")]  # p3 was deleted: not returned
+    FakeApify(lb, search, parents=parents)
+    records, quarantine, stats = collect(make_params(lb))
+
+    assert [r["id"] for r in records] == ["apify:tweets:r0", "apify:tweets:r1"]
+    assert records[1]["prompt"] == "Should we stop an A/B test early when it looks significant?"
+    assert records[1]["meta"]["tweet_id"] == "p1"
+    assert [(q["item"], q["reasons"]) for q in quarantine] == [("r2", ["tweet_no_url"]), ("r2b", ["tweet_no_url"])]
+    assert stats["parents_fetch"] == "ids" and stats["parents_asked"] == 3 and stats["parents_found"] == 2
+    assert stats["pairs_completed_by_fetch"] == 3 and stats["kept_completed_by_fetch"] == 1
+    assert stats["pairs"] == 4 and stats["kept"] == 2 and stats["unpaired_replies"] == 1  # r3: its tweet is gone
+    assert stats["seed_filtered"] == {"tweet_no_url": 2}
+    assert stats["parents_actor_run_id"] == PARENTS_RUN and stats["parents_dataset_id"] == PARENTS_DATASET
+    first, fetch = run_inputs(lb)
+    assert first == make_params(lb).run_input
+    assert fetch == {**make_params(lb).parents.run_input,
+                     "startUrls": [f"https://x.com/i/status/{p}" for p in ("p1", "p2", "p3")]}
+
+
+def test_parents_can_be_fetched_by_conversation_and_capped(lb):
+    search = [reply("r1", "p1", conversationId="c1"), reply("r2", "p2", conversationId="c1"),
+              reply("r3", "p3", conversationId="c2")]
+    parents = [tweet("p1", "Bayesian or frequentist for a pricing test?"), tweet("p3", "How long should a test run?"),
+               reply("c1-other", "p1")]  # the rest of a conversation is not a parent anybody waits for
+    FakeApify(lb, search, parents=parents)
+    params = make_params(lb, max_records=1)
+    params = dataclasses.replace(params, parents=dataclasses.replace(params.parents, fetch="conversation"))
+    records, quarantine, stats = collect(params)
+
+    assert [r["id"] for r in records] == ["apify:tweets:r1"] and stats["capped_at"] == 1  # the cap holds
+    assert run_inputs(lb)[1]["conversationIds"] == ["c1", "c2"]
+    assert stats["pairs_completed_by_fetch"] == 1 and stats["parents_fetch"] == "conversation"
+
+
+def test_no_second_run_without_an_actor_or_with_fetch_none(lb):
+    FakeApify(lb, [reply("r1", "p1")], parents=[tweet("p1")])
+    records, _, stats = collect(make_params(lb, actor=None, dataset_id=DATASET_ID))
+    assert records == [] and lb.calls("POST") == [] and stats["parents_fetch"].startswith("no actor")
+    records, _, stats = collect(no_fetch(lb))
+    assert records == [] and len(lb.calls("POST")) == 1 and stats["unpaired_replies"] == 1
+
+
+@pytest.mark.parametrize("name, tweet_changes", [
+    ("tweet_no_media", {"extendedEntities": {"media": [{"type": "photo"}]}}),
+    ("tweet_no_url", {"entities": {"urls": [{"url": "https://t.co/x"}], "hashtags": []}}),
+    ("tweet_chars", {"text": "Thoughts?"}),
+])
+def test_the_seed_filters_apply_to_the_tweet_too(lb, name, tweet_changes):
+    FakeApify(lb, [tweet("t1", **tweet_changes), reply("r1", "t1"), tweet("t2"), reply("r2", "t2")])
+    records, quarantine, stats = collect(make_params(lb))
+    assert [r["id"] for r in records] == ["apify:tweets:r2"]
+    assert [q["reasons"] for q in quarantine] == [[name]] and stats["seed_filtered"] == {name: 1}

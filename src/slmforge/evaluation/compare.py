@@ -87,14 +87,32 @@ def adapter_sha(adapter_dir: Path) -> str:
 
 
 def overfitting(card_metrics: dict) -> dict:
-    """From the training log the adapter carries: the train/eval gap, and the best step against the last."""
-    best, last = card_metrics.get("best_eval_loss"), card_metrics.get("eval_loss")
+    """From the training log the adapter carries: the train/validation gap on rows an epoch shows once, and the
+    last step's validation loss (logged before the best checkpoint was restored) against the best."""
+    c = card_metrics
+    best, last = c.get("best_eval_loss"), c.get("last_eval_loss")
     return {
-        "train_eval_gap": card_metrics.get("train_eval_gap"), "overfit_flag": card_metrics.get("overfit_flag"),
-        "best_step": card_metrics.get("best_step"), "last_step": card_metrics.get("last_step"),
+        "train_eval_gap": c.get("train_eval_gap"), "overfit_flag": bool(c.get("overfit_flag")),
+        "train_once_loss": c.get("train_once_loss"), "train_once_rows": c.get("train_once_rows"),
+        "best_step": c.get("best_step"), "last_step": c.get("last_step"), "stopped_early": c.get("stopped_early"),
         "best_eval_loss": best, "last_eval_loss": last,
         "last_minus_best_eval_loss": None if best is None or last is None else last - best,
     }
+
+
+def overfit_policy(headline: dict, over: dict, on_overfit: str) -> dict:
+    """eval.verdict.on_overfit: `report` leaves the verdict alone; `review` turns a DEPLOY into REVIEW; `fail`
+    fails the model. Either way an overfit flag is one of the reasons."""
+    if on_overfit not in ("report", "review", "fail"):
+        raise UserError(f"params.yaml: eval.verdict.on_overfit must be report, review or fail, got {on_overfit!r}")
+    if not over["overfit_flag"]:
+        return headline
+    reason = (f"overfit: the train/validation loss gap {over['train_eval_gap']:+.3f} on {over['train_once_rows']} "
+              f"training rows seen once is above train.gap_threshold (eval.verdict.on_overfit={on_overfit})")
+    verdict = headline["verdict"]
+    if on_overfit == "fail" or (on_overfit == "review" and verdict == "DEPLOY"):
+        verdict = "FAIL" if on_overfit == "fail" else "REVIEW"
+    return {**headline, "verdict": verdict, "reasons": headline["reasons"] + [reason]}
 
 
 def statistics(items: list[dict], params: EvalParams, judge_summary: dict | None) -> tuple[dict, dict]:
@@ -207,9 +225,11 @@ def compare(*, test_rows: list[dict], probes: list[dict], model_params: ModelPar
                 item["tuned"]["judge"] = score
                 item["base"]["judge"] = None if score is None else 1.0 - score
     per_metric, headline = statistics(items, params, judge_summary)
+    over = overfitting(card.get("metrics", {}))
+    headline = overfit_policy(headline, over, params.verdict.on_overfit)
     result = {
         **headline, "base": base, "tuned": tuned, "delta": delta(base, tuned), "per_metric": per_metric,
-        "per_source": per_group(items, BREAKDOWN), "overfitting": overfitting(card.get("metrics", {})),
+        "per_source": per_group(items, BREAKDOWN), "overfitting": over,
         "template_sha256": card["template_sha256"], "items": items,
     }
     if oracle is not None:

@@ -26,12 +26,24 @@ def _cell(text, width: int = 220) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def overfitting_line(o: dict) -> str:
+    """The report's second paragraph: the overfit flag, the gap and early stopping, in one line."""
+    stop = (f"early stopping ended the run at step {o.get('last_step')}" if o.get("stopped_early")
+            else f"the run went to its last step, {o.get('last_step')}")
+    return (f"Overfitting: **{'flagged' if o.get('overfit_flag') else 'not flagged'}**: train/validation loss gap "
+            f"{_num(o.get('train_eval_gap'), '+.3f')} on {o.get('train_once_rows')} training rows seen once; "
+            f"validation loss at the last step {_num(o.get('last_eval_loss'))} against the best "
+            f"{_num(o.get('best_eval_loss'))} (step {o.get('best_step')}); {stop}.")
+
+
 def render(result: dict, n_examples: int = 10) -> str:
     s, base, tuned = result["stats"], result["base"], result["tuned"]
     lines = [
         f"# Evaluation: **{result['verdict']}**",
         "",
         f"Verdict on `{result['metric']}` over {s['n']} paired items: " + "; ".join(result["reasons"]) + ".",
+        "",
+        overfitting_line(result["overfitting"]),
         "",
         f"Mean delta {_num(s['mean_delta'])} (95% CI {_num(s['delta_ci_low'])} to {_num(s['delta_ci_high'])}), "
         f"Wilcoxon p {_p(s['wilcoxon_p'])}, Mann-Whitney p {_p(s['mannwhitney_p'])}, Cohen's d {_num(s['cohens_d'], '+.3f')}, "
@@ -69,16 +81,21 @@ def render(result: dict, n_examples: int = 10) -> str:
                   f"the first position was preferred in {_num(j['first_position_preference'], '.0%')} of the decided "
                   f"order-verdicts (50% is no position bias). Sign test p {_p(j.get('sign_test_p'))}. "
                   + ("The judge's win rate is part of the verdict." if j.get("in_verdict") else
-                     "**The judge is left out of the verdict** (see the reasons above).")]
+                     "**The judge is left out of the verdict** (see the reasons above).")
+                  + (f" Oracle: {oc['calls']} calls, {oc['cache_hits']} answers from the cache, ${oc['usd']:.4f} paid, "
+                     f"${oc.get('usd_saved', 0.0):.4f} saved by the cache (reports/cost.md has the whole pipeline)."
+                     if (oc := result.get("oracle")) else "")]
     lines += ["", "## By source", "", "| source | n | metric | base | tuned |", "|---|---:|---|---:|---:|"]
     for group, entry in result["per_source"].items():
         for key in entry["base"]:
             lines.append(f"| {group} | {entry['n']} | {key} | {_num(entry['base'][key])} | {_num(entry['tuned'].get(key))} |")
     o = result["overfitting"]
     lines += ["", "## Overfitting (from the training log)", "",
-              f"Train/eval loss gap {_num(o['train_eval_gap'], '+.3f')} (flag: {o['overfit_flag']}); best eval loss "
-              f"{_num(o['best_eval_loss'])} at step {o['best_step']}, last {_num(o['last_eval_loss'])} at step "
-              f"{o['last_step']} (last - best {_num(o['last_minus_best_eval_loss'], '+.4f')})."]
+              f"Validation loss of the saved adapter (the best checkpoint) {_num(o.get('best_eval_loss'))} at step "
+              f"{o.get('best_step')}; at the last step, {o.get('last_step')}, before the best was restored: "
+              f"{_num(o.get('last_eval_loss'))} (last - best {_num(o.get('last_minus_best_eval_loss'), '+.4f')}). "
+              f"Loss on {o.get('train_once_rows')} training rows an epoch shows once (facts repeated by "
+              f"train.origin_weights left out) {_num(o.get('train_once_loss'))}; gap {_num(o.get('train_eval_gap'), '+.3f')}."]
     tests = [i for i in result["items"] if i["kind"] == "test"]
     probes = [i for i in result["items"] if i["kind"] == "probe"]
     lines += ["", f"## Test items side by side ({min(n_examples, len(tests))} of {len(tests)})", "",

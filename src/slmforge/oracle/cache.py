@@ -65,6 +65,11 @@ class AnswerCache:
                 return entry
         return None
 
+    def has(self, key: str) -> bool:
+        """Whether an answer is held, without copying it into this output (a forecast looks up other stages'
+        requests, and this stage's output must list only the answers it used)."""
+        return (self.out / self._rel(key)).exists() or (self.store / self._rel(key)).exists()
+
     def put(self, key: str, entry: dict) -> None:
         text = json.dumps(entry, ensure_ascii=False, sort_keys=True, indent=1)
         for root in (self.store, self.out):

@@ -4,6 +4,7 @@ validated against their JSON schema (trivially broken ones repaired), failures k
 from __future__ import annotations
 
 import json
+import math
 import re
 import sys
 import time
@@ -16,6 +17,7 @@ from tqdm import tqdm
 
 from slmforge.io import UserError
 from slmforge.oracle.batches import BatchJournal
+from slmforge.oracle.budget import Budget, BudgetStop, unbounded, worst_usd
 from slmforge.oracle.cache import AnswerCache, request_key
 from slmforge.oracle.failures import check_failure_share, first_config_error
 from slmforge.oracle.types import Answer, OracleError, Request
@@ -47,6 +49,7 @@ class Ledger:
     cache_write_tokens: int = 0
     cache_read_tokens: int = 0
     usd: float = 0.0
+    usd_saved: float = 0.0  # what the answers taken from the cache cost when they were asked, at today's prices
     seconds: float = 0.0
 
     def add(self, ans: Answer, params: OracleParams) -> None:
@@ -57,9 +60,14 @@ class Ledger:
         self.cache_read_tokens += ans.cache_read_tokens
         self.usd += cost(ans, params)
 
+    def hit(self, entry: dict, params: OracleParams) -> None:
+        self.cache_hits += 1
+        self.usd_saved += cost(Answer(text="", tokens_in=entry.get("tokens_in") or 0,
+                                      tokens_out=entry.get("tokens_out") or 0, batch=bool(entry.get("batch"))), params)
+
     def metrics(self) -> dict:
         d = asdict(self)
-        d["usd"], d["seconds"] = round(self.usd, 6), round(self.seconds, 2)
+        d["usd"], d["usd_saved"], d["seconds"] = round(self.usd, 6), round(self.usd_saved, 6), round(self.seconds, 2)
         return d
 
 
@@ -99,18 +107,27 @@ def parse_answer(text: str, schema: dict) -> tuple[dict | None, str | None]:
 
 
 class Oracle:
-    """One backend behind the cache; `ask` answers a list of requests and keeps the ledger and failures."""
+    """One backend behind the cache; `ask` answers a list of requests and keeps the ledger and failures.
+    `budget` (slmforge.oracle.budget) is the stage's share of the pipeline's ceiling; without one, oracle.max_usd
+    bounds what this object spends."""
 
-    def __init__(self, params: OracleParams, cache: AnswerCache, backend):
+    def __init__(self, params: OracleParams, cache: AnswerCache, backend, budget: Budget | None = None):
         self.params, self.cache, self.backend = params, cache, backend
-        # No temperature: the local backend is greedy (deterministic) and the Messages API of this SDK takes none.
-        self.decoding = {"max_field_tokens": params.max_field_tokens,
-                         **getattr(backend, "decoding", {})}  # what else shapes a backend's answer (local: numerics)
+        self.decoding = decoding(params, backend)
         self.ledger = Ledger()
         self.failures: list[dict] = []
+        self.budget = budget or unbounded("oracle", params)
+        self._planned = False
 
     def key(self, req: Request) -> str:
         return request_key(self.backend.name, self.backend.model_id(), self.decoding, req)
+
+    def plan(self, requests: list[Request], batch: bool = False) -> None:
+        """The budget's preflight over every request the stage will make (a stage that asks in several rounds,
+        as calibrate does, is checked once on all of them before its first call rather than round by round)."""
+        misses = {k: r for k, r in ((self.key(r), r) for r in requests) if not self.cache.has(k)}
+        self.budget.preflight(len(misses), estimate_usd(list(misses.values()), self.params, batch))
+        self._planned = True
 
     def ask(self, requests: list[Request], desc: str, batch: bool = False) -> list[dict | None]:
         """The parsed answer of each request (None where it failed; the failure is in self.failures)."""
@@ -122,16 +139,15 @@ class Oracle:
             entry = self.cache.get(key)
             if entry is not None and isinstance(entry.get("answer"), dict):
                 answers[key] = entry["answer"]
-                self.ledger.cache_hits += 1
+                self.ledger.hit(entry, self.params)
             else:
                 misses.setdefault(key, req)
         usd = estimate_usd(list(misses.values()), self.params, batch)
         print(f"{desc}: {len(requests)} requests, {len(requests) - len(misses)} answered from the cache, "
               f"{len(misses)} to ask {self.backend.name}:{self.backend.model_id()} "
-              f"(estimated at most ${usd:.2f}; ceiling oracle.max_usd=${self.params.max_usd:.2f})", file=sys.stderr)
-        if misses and usd > self.params.max_usd:
-            raise UserError(f"oracle: the estimated cost ${usd:.2f} is above oracle.max_usd=${self.params.max_usd:.2f}: "
-                            f"raise it (-S oracle.max_usd=...) or ask fewer records")
+              f"(estimated at most ${usd:.2f}; {self._ceiling()})", file=sys.stderr)
+        if misses and not self._planned:
+            self.budget.preflight(len(misses), usd)
         failed_before = len(self.failures)
         if misses:
             if batch and hasattr(self.backend, "complete_batch"):
@@ -141,6 +157,11 @@ class Oracle:
         self.ledger.seconds += time.perf_counter() - start
         check_failure_share(desc, self.failures[failed_before:], len(set(keys)), self.params.max_failure_share)
         return [answers.get(k) for k in keys]
+
+    def _ceiling(self) -> str:
+        if math.isinf(self.budget.stage_max) and not (self.budget.spent or self.budget.forecast):
+            return f"ceiling oracle.max_usd=${self.params.max_usd:.2f}"
+        return self.budget.describe()
 
     def _record(self, key: str, req: Request, result: Answer | Exception, answers: dict) -> None:
         if isinstance(result, Exception):
@@ -168,24 +189,36 @@ class Oracle:
         if self.params.concurrency <= 1:
             try:
                 for key, req in misses.items():
-                    self._record(key, req, _call(self.backend, req), answers)
+                    worst = worst_usd(req, self.params)
+                    self.budget.admit(worst)  # stops before a call that could cross the allowance, not after
+                    result = _call(self.backend, req)
+                    self._settle(worst, result)
+                    self._record(key, req, result, answers)
                     bar.update()
             finally:
                 bar.close()
             return
         # Bounded: at most `concurrency` calls in flight, submitted as others finish, so a killed run loses
-        # only those (every finished answer is already in the cache).
-        pending, todo = {}, iter(misses.items())
+        # only those (every finished answer is already in the cache). Each submission reserves its worst case
+        # in the budget; a refused one stops the submitting, and the calls in flight are still recorded.
+        pending, todo, stop = {}, iter(misses.items()), None
         pool = ThreadPoolExecutor(self.params.concurrency)
         try:
             while True:
-                while len(pending) < self.params.concurrency and (item := next(todo, None)):
-                    pending[pool.submit(_call, self.backend, item[1])] = item
+                while stop is None and len(pending) < self.params.concurrency and (item := next(todo, None)):
+                    worst = worst_usd(item[1], self.params)
+                    try:
+                        self.budget.admit(worst)
+                    except BudgetStop as exc:
+                        stop = exc
+                        break
+                    pending[pool.submit(_call, self.backend, item[1])] = (*item, worst)
                 if not pending:
                     break
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in done:
-                    key, req = pending.pop(fut)
+                    key, req, worst = pending.pop(fut)
+                    self._settle(worst, fut.result())
                     self._record(key, req, fut.result(), answers)
                     bar.update()
         finally:
@@ -195,6 +228,11 @@ class Oracle:
             # Not a `with` block: leaving one waits for the calls still in flight, so a Ctrl-C or a stopping error
             # would wait up to oracle.timeout_s for answers nobody reads.
             pool.shutdown(wait=False, cancel_futures=True)
+        if stop is not None:
+            raise stop
+
+    def _settle(self, worst: float, result: Answer | Exception) -> None:
+        self.budget.settle(worst, cost(result, self.params) if isinstance(result, Answer) else 0.0)
 
     def _ask_batch(self, misses: dict[str, Request], answers: dict, desc: str) -> None:
         bar = tqdm(total=len(misses), desc=f"{desc} (batch)", unit="call", file=sys.stderr)
@@ -203,19 +241,41 @@ class Oracle:
             bar.n = done
             bar.refresh()
 
-        journal = BatchJournal(self.cache.store / "batches")
-        results = self.backend.complete_batch(list(misses.items()), progress=progress, journal=journal)
+        # The batch is sent whole: its requests are admitted in order until the next could cross the allowance,
+        # the admitted prefix is sent, and the stage stops after recording it.
+        admitted, stop = {}, None
         for key, req in misses.items():
-            self._record(key, req, results.get(key, OracleError("no result in the batch")), answers)
-        journal.settle(misses)  # recorded: the answers are in the cache, the batches need not be polled again
-        bar.n = len(misses)
+            worst = worst_usd(req, self.params, batch=True)
+            try:
+                self.budget.admit(worst)
+            except BudgetStop as exc:
+                stop = exc
+                break
+            admitted[key] = (req, worst)
+        journal = BatchJournal(self.cache.store / "batches")
+        results = self.backend.complete_batch([(k, r) for k, (r, _) in admitted.items()], progress=progress,
+                                              journal=journal) if admitted else {}
+        for key, (req, worst) in admitted.items():
+            result = results.get(key, OracleError("no result in the batch"))
+            self._settle(worst, result)
+            self._record(key, req, result, answers)
+        journal.settle({k: r for k, (r, _) in admitted.items()})  # recorded: the batches need not be polled again
+        bar.n = len(admitted)
         bar.close()
         config_error = first_config_error(results.values())
         if config_error is not None:  # the answered requests are cached above; the rest would fail alike
             raise config_error
+        if stop is not None:
+            raise stop
 
     def metrics(self) -> dict:
         return {"oracle": {**self.ledger.metrics(), "backend": self.backend.name, "model": self.backend.model_id()}}
+
+
+def decoding(params: OracleParams, backend=None) -> dict:
+    """The decoding parameters in every cache key. No temperature: the local backend is greedy (deterministic)
+    and the Messages API of this SDK takes none. A backend's own `decoding` (local: its numerics) joins them."""
+    return {"max_field_tokens": params.max_field_tokens, **getattr(backend, "decoding", {})}
 
 
 def _call(backend, req: Request) -> Answer | Exception:
@@ -225,7 +285,7 @@ def _call(backend, req: Request) -> Answer | Exception:
         return exc
 
 
-def open_oracle(params: OracleParams, cache_dir, model_dir=None, model_json=None) -> Oracle:
+def open_oracle(params: OracleParams, cache_dir, model_dir=None, model_json=None, budget: Budget | None = None) -> Oracle:
     """The oracle a stage uses: its backend, and its cache folder (a DVC output) seeded with the answers of the
     last locked run, so answers pulled from a remote are never paid for twice. model_dir and model_json: the
     local oracle's own model (the oracle_model stage's models/oracle and models/oracle.json)."""
@@ -234,13 +294,13 @@ def open_oracle(params: OracleParams, cache_dir, model_dir=None, model_json=None
     seeded = seed_from_dvc(cache_dir)
     if seeded:
         print(f"oracle: {seeded} answers restored from DVC's cache of {cache_dir}", file=sys.stderr)
-    return Oracle(params, AnswerCache(cache_dir), make_backend(params, model_dir, model_json))
+    return Oracle(params, AnswerCache(cache_dir), make_backend(params, model_dir, model_json), budget)
 
 
 # What a run of an oracle stage did rather than what it made: calls, tokens, dollars and seconds depend on which
 # answers the store already held, so they go to the stage's run facts, not to an output DVC tracks.
 RUN_FACT_KEYS = ("calls", "cache_hits", "tokens_in", "tokens_out", "cache_write_tokens", "cache_read_tokens", "usd",
-                 "seconds")
+                 "usd_saved", "seconds")
 
 
 def split_run_facts(metrics: dict) -> tuple[dict, dict]:
