@@ -1,8 +1,8 @@
 """The `slmforge` command: `compose` writes params.yaml from conf/; `chat` talks to base + adapter;
-`merge` exports a merged model; `score` scores records with the student scorer; `doctor` says what this
+`merge` exports a merged model; `serve` answers OpenAI-compatible requests for the base and every adapter; `score` scores records with the student scorer; `doctor` says what this
 machine can run; `push` shares every run with the team (`dvc push --run-cache` and the outputs its records name).
 
-Run: slmforge chat | slmforge merge --out models/merged | slmforge score FILE --out OUT | slmforge doctor |
+Run: slmforge chat | slmforge serve [--vllm] | slmforge merge --out models/merged | slmforge score FILE --out OUT | slmforge doctor |
 slmforge compose [OVERRIDE ...] | slmforge push [--remote NAME]
 """
 
@@ -105,6 +105,22 @@ def main(argv=None) -> None:
     p.add_argument("--out", default="models/merged")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
 
+    p = sub.add_parser("serve", help="an OpenAI-compatible server (/v1/chat/completions, /v1/models) for the base "
+                                     "and every adapter on one loaded base; --vllm prints the production command")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--base", default="models/base")
+    p.add_argument("--pin", default="models/base.json")
+    p.add_argument("--adapters-dir", default="models/adapters", help="every adapter found here is served by its folder name")
+    p.add_argument("--adapter", action="append", default=[], metavar="NAME=PATH",
+                   help="serve this adapter as NAME (repeatable; replaces the ones found in --adapters-dir)")
+    p.add_argument("--max-tokens", type=int, default=512, help="completion length when a request names none")
+    p.add_argument("--params", default="params.yaml", help="params file whose `model` section says how to load")
+    p.add_argument("--vllm", action="store_true", help="print the `vllm serve` command for production and exit")
+    p.add_argument("--merged", default=None, help="with --vllm: serve this merged export instead of base + adapters")
+    p.add_argument("--full-precision", action="store_true",
+                   help="with --vllm: the base unquantised (the adapters were trained on NF4: see docs/serving.md)")
+
     sub.add_parser("doctor", help="what this machine can run: GPU, bitsandbytes, packages, DVC, keys")
 
     p = sub.add_parser("score", help="score records with the trained student scorer (the oracle's cheap stand-in)")
@@ -135,6 +151,25 @@ def main(argv=None) -> None:
             set_threads()
             model, tokenizer = load_chat_model(params, args.base, args.pin, None if args.no_adapter else args.adapter)
             chat_loop(ChatSession(model, tokenizer, system=args.system, max_new_tokens=args.max_new_tokens))
+        elif args.command == "serve":
+            from slmforge.serving import discover_adapters, parse_adapter_args
+
+            adapters = parse_adapter_args(args.adapter) if args.adapter else discover_adapters(args.adapters_dir)
+            if args.vllm:
+                from slmforge.serving import vllm_command
+
+                print(vllm_command(args.base, args.pin, adapters, merged=args.merged, nf4=not args.full_precision,
+                                   port=args.port))
+                return
+            from slmforge.modeling import set_threads
+            from slmforge.params import load_params
+            from slmforge.serving import Server, build_app, load_served_model
+
+            set_threads()
+            model, tokenizer = load_served_model(load_params("model", args.params), args.base, args.pin, adapters)
+            print(f"serving base + {len(adapters)} adapter(s) ({', '.join(adapters) or 'none'}) on "
+                  f"http://{args.host}:{args.port}/v1", flush=True)
+            Server(build_app(model, tokenizer, list(adapters), args.max_tokens), args.host, args.port).server.run()
         elif args.command == "merge":
             from slmforge.chat import MERGE_HINT, merge_adapter, merge_warning, read_adapter_card
 
