@@ -121,6 +121,24 @@ def main(argv=None) -> None:
     p.add_argument("--full-precision", action="store_true",
                    help="with --vllm: the base unquantised (the adapters were trained on NF4: see docs/serving.md)")
 
+    p = sub.add_parser("export", help="merge a domain's adapter into the weights it was trained against, write it as a "
+                                      "transformers folder or a GGUF, and check its parity with what evaluate measured")
+    p.add_argument("--format", choices=["merged", "gguf"], required=True)
+    p.add_argument("--domain", default=None, help="whose adapter (models/adapters/DOMAIN); default: the only domain")
+    p.add_argument("--adapter", default=None, help="an adapter folder (default: models/adapters/DOMAIN)")
+    p.add_argument("--from", dest="source", choices=["trained", "full"], default="trained",
+                   help="trained: the weights the adapter learned against (NF4 dequantised, for QLoRA); full: the "
+                        "original full-precision weights")
+    p.add_argument("--out", default=None, help="default: exports/DOMAIN-FORMAT")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32", help="merged weights")
+    p.add_argument("--gguf-type", choices=["f16", "f32", "bf16", "q8_0"], default="f16")
+    p.add_argument("--split-dir", default="data/split", help="the probes and test items the parity check answers")
+    p.add_argument("--parity-items", type=int, default=16, help="test items answered besides every probe")
+    p.add_argument("--metrics", default=None, help="parity metrics (default: metrics/export/DOMAIN-FORMAT.json)")
+    p.add_argument("--base", default="models/base")
+    p.add_argument("--pin", default="models/base.json")
+    p.add_argument("--params", default="params.yaml")
+
     sub.add_parser("doctor", help="what this machine can run: GPU, bitsandbytes, packages, DVC, keys")
 
     p = sub.add_parser("score", help="score records with the trained student scorer (the oracle's cheap stand-in)")
@@ -170,6 +188,43 @@ def main(argv=None) -> None:
             print(f"serving base + {len(adapters)} adapter(s) ({', '.join(adapters) or 'none'}) on "
                   f"http://{args.host}:{args.port}/v1", flush=True)
             Server(build_app(model, tokenizer, list(adapters), args.max_tokens), args.host, args.port).server.run()
+        elif args.command == "export":
+            from pathlib import Path
+
+            from slmforge.domains import select
+            from slmforge.export import export
+            from slmforge.io import UserError, atomic_write_json, read_jsonl
+            from slmforge.modeling import set_threads
+            from slmforge.params import load_domains, load_params
+
+            domains = load_domains(args.params)
+            name = args.domain or (next(iter(domains)) if len(domains) == 1 else None)
+            if name not in domains:
+                raise UserError(f"--domain: pick one of {', '.join(domains)}" if name is None else
+                                f"--domain {name}: no such domain in {args.params} (domains: {', '.join(domains)})")
+            split = Path(args.split_dir)
+            if not (split / "probes.jsonl").exists():
+                raise UserError(f"{split}/probes.jsonl not found: run `dvc repro` (or `dvc pull`) first")
+            set_threads()
+            ev = load_params("eval", args.params)
+            out = Path(args.out or f"exports/{name}-{args.format}")
+            result = export(params=load_params("model", args.params), base_dir=Path(args.base), base_json=Path(args.pin),
+                            adapter_dir=Path(args.adapter or f"models/adapters/{name}"), out_dir=out, fmt=args.format,
+                            source=args.source, name=f"slmforge-{name}", n_test=args.parity_items,
+                            test_rows=select(read_jsonl(split / "test.jsonl"), domains[name]),
+                            probes=select(read_jsonl(split / "probes.jsonl"), domains[name]),
+                            max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size, dtype=args.dtype,
+                            tensor_type=args.gguf_type)
+            atomic_write_json(args.metrics or f"metrics/export/{name}-{args.format}.json", result)
+            ref = result["reference"]["probe_accuracy"]
+            for kind in ("merged", "gguf"):
+                if kind in result:
+                    r = result[kind]
+                    print(f"{kind}: {r['identical_answers']}/{result['probes'] + result['test_items']} greedy answers "
+                          f"identical to NF4 + adapter (words in common {r['prefix_agreement']:.0%}), probe accuracy "
+                          f"{r['probe_accuracy']} (NF4 + adapter: {ref}), prompts tokenised identically "
+                          f"{r['prompt_ids_identical']:.0%}, EOS {r['eos_token']}")
+            print(f"wrote {out} ({args.format}, merged into the {result['merged_into']})")
         elif args.command == "merge":
             from slmforge.chat import MERGE_HINT, merge_adapter, merge_warning, read_adapter_card
 

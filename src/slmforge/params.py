@@ -95,6 +95,16 @@ class EvalParams:
 
 
 @dataclass(frozen=True)
+class DomainParams:
+    """Which rows of the split one domain's adapter trains and is evaluated on: a row is in when it matches every
+    non-empty criterion (an empty list or mapping selects everything)."""
+    origins: list[str]  # meta.origin, e.g. [stackexchange, facts] (facts: the probes come with them)
+    sources: list[str]  # the record's source, e.g. [sample, files]
+    tags: list[str]  # any one of these in meta.tags
+    fields: dict[str, Any]  # meta key -> a value or a list of accepted values
+
+
+@dataclass(frozen=True)
 class ScorerVerdictParams:
     deploy_mae: float  # DEPLOY needs test MAE below this,
     deploy_rmse: float  # RMSE below this,
@@ -517,6 +527,20 @@ def load_params(section: str, path: str | Path = "params.yaml"):
     if section not in data:
         raise UserError(f"params.yaml: missing section `{section}`: run `slmforge compose` or `dvc exp run`")
     return build(SECTIONS[section], data[section], section)
+
+
+def load_domain_params(name: str, path: str | Path = "params.yaml") -> DomainParams:
+    data = read_params_file(path).get("domains") or {}
+    if name not in data:
+        raise UserError(f"params.yaml: no domain `{name}` under `domains` (configured: {sorted(data)})")
+    return build(DomainParams, data[name], f"domains.{name}")
+
+
+def load_domains(path: str | Path = "params.yaml") -> dict[str, DomainParams]:
+    data = read_params_file(path).get("domains") or {}
+    if not data:
+        raise UserError("params.yaml: no `domains`: run `slmforge compose` (conf/domains/ gives them)")
+    return {name: build(DomainParams, value, f"domains.{name}") for name, value in data.items()}
 
 
 def load_source_params(name: str, path: str | Path = "params.yaml"):
