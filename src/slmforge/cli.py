@@ -139,6 +139,19 @@ def main(argv=None) -> None:
     p.add_argument("--pin", default="models/base.json")
     p.add_argument("--params", default="params.yaml")
 
+    p = sub.add_parser("publish", help="upload a domain's adapter (or an export) to the Hugging Face Hub with a model "
+                                       "card made from the run; the token comes from HF_TOKEN only")
+    p.add_argument("repo_id", help="user/name on the Hub")
+    p.add_argument("--domain", default=None, help="whose adapter (default: the only domain)")
+    p.add_argument("--export", default=None, help="upload this export folder (slmforge export) instead of the adapter")
+    p.add_argument("--private", action="store_true")
+    p.add_argument("--dry-run", action="store_true", help="print the files and the card; upload nothing")
+    p.add_argument("--adapters-dir", default="models/adapters")
+    p.add_argument("--pin", default="models/base.json")
+    p.add_argument("--lock", default="dvc.lock")
+    p.add_argument("--metrics-dir", default="metrics")
+    p.add_argument("--params", default="params.yaml")
+
     sub.add_parser("doctor", help="what this machine can run: GPU, bitsandbytes, packages, DVC, keys")
 
     p = sub.add_parser("score", help="score records with the trained student scorer (the oracle's cheap stand-in)")
@@ -191,17 +204,14 @@ def main(argv=None) -> None:
         elif args.command == "export":
             from pathlib import Path
 
-            from slmforge.domains import select
+            from slmforge.domains import pick, select
             from slmforge.export import export
             from slmforge.io import UserError, atomic_write_json, read_jsonl
             from slmforge.modeling import set_threads
             from slmforge.params import load_domains, load_params
 
             domains = load_domains(args.params)
-            name = args.domain or (next(iter(domains)) if len(domains) == 1 else None)
-            if name not in domains:
-                raise UserError(f"--domain: pick one of {', '.join(domains)}" if name is None else
-                                f"--domain {name}: no such domain in {args.params} (domains: {', '.join(domains)})")
+            name = pick(domains, args.domain)
             split = Path(args.split_dir)
             if not (split / "probes.jsonl").exists():
                 raise UserError(f"{split}/probes.jsonl not found: run `dvc repro` (or `dvc pull`) first")
@@ -225,6 +235,37 @@ def main(argv=None) -> None:
                           f"{r['probe_accuracy']} (NF4 + adapter: {ref}), prompts tokenised identically "
                           f"{r['prompt_ids_identical']:.0%}, EOS {r['eos_token']}")
             print(f"wrote {out} ({args.format}, merged into the {result['merged_into']})")
+        elif args.command == "publish":
+            import json
+            from pathlib import Path
+
+            from slmforge.chat import read_adapter_card
+            from slmforge.domains import pick
+            from slmforge.io import UserError
+            from slmforge.params import load_domains
+            from slmforge.publish import _cost, _json, lineage, model_card, token_from_env, upload
+
+            name = pick(load_domains(args.params), args.domain)
+            folder = Path(args.export or Path(args.adapters_dir) / name)
+            if not folder.is_dir():
+                raise UserError(f"{folder}: no such folder: " + ("run `slmforge export` first" if args.export else
+                                                                  f"run `dvc repro train@{name}` first"))
+            info = _json(folder / "slmforge_export.json")
+            metrics = Path(args.metrics_dir)
+            evaluation = _json(metrics / "eval" / f"{name}.json")
+            card = model_card(repo_id=args.repo_id, domain=name, kind=info["format"] if info else "adapter",
+                              adapter_card=read_adapter_card(info["adapter"] if info else folder),
+                              pin=json.loads(Path(args.pin).read_text()), lock=lineage(Path(args.lock), name),
+                              split=_json(metrics / "split.json"), evaluation=evaluation,
+                              cost=_cost(metrics, evaluation), parity=_json(folder / "parity.json"))
+            if args.dry_run:
+                files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and p.name != "README.md")
+                print(f"dry run: would upload to {args.repo_id} ({'private' if args.private else 'public'}): "
+                      f"{', '.join([*files, 'README.md'])}\n")
+                print(card)
+                return
+            url, files = upload(args.repo_id, folder, card, args.private, token_from_env())
+            print(f"published {len(files)} file(s) to {url}: {', '.join(files)}")
         elif args.command == "merge":
             from slmforge.chat import MERGE_HINT, merge_adapter, merge_warning, read_adapter_card
 

@@ -37,6 +37,16 @@ def select_split(split: dict[str, list[dict]], name: str, domain: DomainParams) 
     return chosen
 
 
+def pick(domains: dict[str, DomainParams], name: str | None) -> str:
+    """The domain a command works on: the one named, or the only one there is."""
+    if name is None and len(domains) == 1:
+        return next(iter(domains))
+    if name not in domains:
+        raise UserError(f"--domain: pick one of {', '.join(domains)}" if name is None else
+                        f"--domain {name}: no such domain in params.yaml (domains: {', '.join(domains)})")
+    return name
+
+
 def _num(x, fmt: str) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
 
