@@ -92,7 +92,7 @@ def main(argv=None) -> None:
     p = sub.add_parser("chat", help="chat with the base model and the trained adapter, streamed")
     p.add_argument("--base", default="models/base")
     p.add_argument("--pin", default="models/base.json")
-    p.add_argument("--adapter", default="models/adapter")
+    p.add_argument("--adapter", default="models/adapters/all")
     p.add_argument("--no-adapter", action="store_true", help="chat with the base model alone")
     p.add_argument("--system", default=None, help="system prompt (/system TEXT changes it in the chat)")
     p.add_argument("--max-new-tokens", type=int, default=256)
@@ -101,7 +101,7 @@ def main(argv=None) -> None:
     p = sub.add_parser("merge", help="fold the adapter into full-precision base weights and save the model")
     p.add_argument("--base", default="models/base")
     p.add_argument("--pin", default="models/base.json")
-    p.add_argument("--adapter", default="models/adapter")
+    p.add_argument("--adapter", default="models/adapters/all")
     p.add_argument("--out", default="models/merged")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
 

@@ -31,9 +31,13 @@ def select(rows: list[dict], domain: DomainParams) -> list[dict]:
 def select_split(split: dict[str, list[dict]], name: str, domain: DomainParams) -> dict[str, list[dict]]:
     """The domain's rows of every part of the split; a domain with no training rows is a one-line error."""
     chosen = {part: select(rows, domain) for part, rows in split.items()}
-    if "train" in chosen and not chosen["train"]:
-        raise UserError(f"domains.{name} selects no training row (origins {domain.origins}, sources {domain.sources}, "
-                        f"tags {domain.tags}, fields {domain.fields}): widen it in conf/domains/")
+    for part in ("train", "val"):  # training needs both; evaluate copes with a domain without probes
+        if part in chosen and not chosen[part]:
+            raise UserError(f"domains.{name} selects no {part} row (origins {domain.origins}, sources "
+                            f"{domain.sources}, tags {domain.tags}, fields {domain.fields}): widen it in conf/domains/")
+    if "test" in chosen and not chosen["test"] and not chosen.get("probes"):
+        raise UserError(f"domains.{name} selects no test item and no probe: nothing to evaluate; widen it in "
+                        "conf/domains/")
     return chosen
 
 

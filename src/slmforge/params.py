@@ -80,6 +80,12 @@ class VerdictParams:
 
 
 @dataclass(frozen=True)
+class NumericsParams:
+    enabled: bool  # the probes and a test sample also on the full-precision base, with and without the adapter
+    test_items: int  # test items in that sample (every probe is in it)
+
+
+@dataclass(frozen=True)
 class EvalParams:
     max_new_tokens: int
     batch_size: int
@@ -92,6 +98,8 @@ class EvalParams:
     examples: int  # side-by-side examples in reports/eval.md
     judge: JudgeParams
     verdict: VerdictParams
+    numerics: NumericsParams
+    latency_queries: int  # test items timed one at a time for base and tuned (metrics/latency/); 0: none
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,8 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
+DOMAINS = ["stats", "tweets"]  # conf/domains/stats_tweets.yaml: one adapter each, from one split
+DOMAIN_STAGES = [f"{stage}@{d}" for stage in ("train", "evaluate") for d in DOMAINS]
 
 
 def sh(cmd: str, cwd: Path, check: bool = True, timeout: int = 900, store: Path | None = None,
@@ -87,18 +89,22 @@ def copy_project(top: Path, config_edits: dict[str, str]) -> Path:
 def repo(tmp_path_factory) -> Path:
     return copy_project(tmp_path_factory.mktemp("e2e"), {"train: cpu": "train: tiny", "eval: default": "eval: tiny",
                                                          "scorer: default": "scorer: tiny",
-                                                         "sources: [sample]": "sources: [sample, files]"})
+                                                         "sources: [sample]": "sources: [sample, files]",
+                                                         "domains: all": "domains: stats_tweets"})
 
 
 def test_repro_runs_the_whole_dag(repo):
     out = sh("dvc repro", repo, timeout=1800).stdout  # every stage, the local oracle labelling ~560 rows: minutes
     stages = ran(out)
     order = ["check_params", "collect@files", "collect@sample", "base", "clean", "synthesize", "chatml", "calibrate",
-             "label", "split", "train", "evaluate", "train_scorer", "evaluate_scorer"]
+             "label", "split", *DOMAIN_STAGES, "domains", "train_scorer", "evaluate_scorer"]
     assert sorted(stages) == sorted(order), stages
     for before, after in [("clean", "synthesize"), ("base", "synthesize"), ("synthesize", "chatml"),
-                          ("chatml", "calibrate"), ("calibrate", "label"), ("label", "split"), ("split", "train"),
-                          ("train", "evaluate"), ("split", "train_scorer"), ("train_scorer", "evaluate_scorer")]:
+                          ("chatml", "calibrate"), ("calibrate", "label"), ("label", "split"), ("split", "train@stats"),
+                          ("split", "train@tweets"), ("train@stats", "evaluate@stats"),
+                          ("train@tweets", "evaluate@tweets"), ("evaluate@stats", "domains"),
+                          ("evaluate@tweets", "domains"), ("split", "train_scorer"),
+                          ("train_scorer", "evaluate_scorer")]:
         assert stages.index(before) < stages.index(after), (before, after, stages)
     clean = json.loads((repo / "metrics/clean.json").read_text())
     assert clean["records_in"] == clean["kept"] + clean["rejected"] and clean["accounting_ok"]
@@ -127,14 +133,35 @@ def test_repro_runs_the_whole_dag(repo):
         assert key in label["oracle"] and key in calibration["oracle"] and key in synth["oracle"]
     split = json.loads((repo / "metrics/split.json").read_text())
     assert split["leakage"]["gate"] == "semantic" and len(split["test_fingerprint"]) == 64
-    metrics = json.loads((repo / "metrics/eval.json").read_text())
+    metrics = json.loads((repo / "metrics/eval/stats.json").read_text())
     for side in ("base", "tuned", "delta"):
         for key in ("perplexity", "token_accuracy", "rouge_l", "probe_accuracy", "hallucination_rate"):
             assert isinstance(metrics[side][key], float), (side, key)
-    train = json.loads((repo / "metrics/train/metrics.json").read_text())
-    assert {"train_eval_gap", "overfit_flag", "best_eval_loss"} <= set(train)
-    assert (repo / "metrics/train/plots/metrics/train/loss.tsv").exists()
-    assert (repo / "metrics/train/plots/metrics/eval/loss.tsv").exists()
+    for domain in DOMAINS:  # each domain trained its own adapter on its own rows
+        train = json.loads((repo / f"metrics/train/{domain}/metrics.json").read_text())
+        assert {"train_eval_gap", "overfit_flag", "best_eval_loss"} <= set(train)
+        assert (repo / f"metrics/train/{domain}/plots/metrics/train/loss.tsv").exists()
+        assert (repo / f"metrics/train/{domain}/plots/metrics/eval/loss.tsv").exists()
+        card = json.loads((repo / f"models/adapters/{domain}/slmforge_adapter.json").read_text())
+        assert card["metrics"]["train_examples"] > 0
+    weights = {(repo / f"models/adapters/{d}/adapter_model.safetensors").read_bytes() for d in DOMAINS}
+    assert len(weights) == 2
+    # the tweets domain is evaluated on tweet replies only, without probes; stats on its items and every probe
+    tweets = json.loads((repo / "metrics/eval/tweets.json").read_text())
+    assert tweets["verdict"] in ("DEPLOY", "REVIEW", "FAIL") and tweets["base"]["probes"] == 0
+    assert not any("facts" in k or "stackexchange" in k for k in tweets["per_source"]), tweets["per_source"]
+    assert metrics["base"]["probes"] > 0
+    domains_md = (repo / "reports/domains.md").read_text()
+    assert domains_md.startswith("# Domains") and f"**{metrics['verdict']}**" in domains_md
+    assert "| stats |" in domains_md and "| tweets |" in domains_md
+    # the probes on the full-precision base too, and latency in its own metric
+    numerics = metrics["numerics"]
+    assert set(numerics["sides"]) == {"nf4", "nf4+adapter", "full", "full+adapter"} and numerics["probes"] > 0
+    assert "## Numerics" in (repo / "reports/eval/stats/eval.md").read_text()
+    latency = json.loads((repo / "metrics/latency/stats.json").read_text())
+    assert latency["base"]["queries"] == latency["tuned"]["queries"] == 2
+    assert 0 < latency["tuned"]["median_s"] <= latency["tuned"]["p95_s"] and latency["tuned"]["tokens_per_s"] > 0
+    assert "latency" not in metrics
     assert metrics["verdict"] in ("DEPLOY", "REVIEW", "FAIL") and metrics["reasons"]
     for key in ("wilcoxon_p", "mannwhitney_p", "cohens_d", "cliffs_delta", "judge_win_rate", "judge_inconsistency"):
         assert key in metrics["stats"], key
@@ -145,10 +172,10 @@ def test_repro_runs_the_whole_dag(repo):
     # the tiny profile's first test items may all come from one origin; the probes are facts
     assert "sample:facts" in metrics["per_source"] and len(metrics["per_source"]) >= 2, metrics["per_source"]
     assert metrics["overfitting"]["last_step"] >= metrics["overfitting"]["best_step"]
-    report = (repo / "reports/eval.md").read_text()
+    report = (repo / "reports/eval/stats/eval.md").read_text()
     assert report.startswith(f"# Evaluation: **{metrics['verdict']}**") and "probe_accuracy" in report
     assert "## Test items side by side" in report
-    for name in ("eval_per_source", "eval_judge", "calibration"):
+    for name in ("eval_per_source/stats", "eval_per_source/tweets", "eval_judge/stats", "calibration"):
         assert json.loads((repo / f"metrics/plots/{name}.json").read_text()), name
     # `dvc plots show` draws every plot on one page that needs no network
     sh("dvc plots show -o plots_page", repo)
@@ -166,9 +193,9 @@ def test_repro_runs_the_whole_dag(repo):
     scored = [json.loads(line) for line in (repo / "scored.jsonl").read_text().splitlines()]
     assert len(scored) == scorer["n_test"] and all(s["tier"] for s in scored), out
     (repo / "scored.jsonl").unlink()
-    card = (repo / "models/adapter/README.md").read_text()
+    card = (repo / "models/adapters/stats/README.md").read_text()
     assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in card
-    assert not list((repo / "checkpoints/train").glob("*/checkpoint-*"))  # cleaned after success
+    assert (repo / "checkpoints/train/stats").is_dir() and not list((repo / "checkpoints/train").rglob("checkpoint-*"))
     sh("git add -A && git commit -qm run", repo)
 
 
@@ -178,23 +205,24 @@ def test_second_repro_executes_nothing(repo):
 
 
 def test_forced_rerun_of_the_oracle_stages_makes_zero_calls(repo):
-    before = json.loads((repo / "metrics/eval.json").read_text())
-    sh("dvc repro -f -s synthesize && dvc repro -f -s calibrate && dvc repro -f -s label && dvc repro -f -s evaluate",
-       repo)
-    for stage in ("synthesize", "calibration", "label", "eval"):
+    before = json.loads((repo / "metrics/eval/stats.json").read_text())
+    sh("dvc repro -f -s synthesize && dvc repro -f -s calibrate && dvc repro -f -s label && "
+       "dvc repro -f -s evaluate@stats", repo)
+    for stage in ("synthesize", "calibration", "label", "eval/stats"):
         oracle = json.loads((repo / f"metrics/{stage}.json").read_text())["oracle"]
         assert oracle["calls"] == 0 and oracle["cache_hits"] > 0, (stage, oracle)
-    assert json.loads((repo / "metrics/eval.json").read_text())["oracle"]["cache_hits"] >= before["oracle"]["calls"]
+    assert json.loads((repo / "metrics/eval/stats.json").read_text())["oracle"]["cache_hits"] >= before["oracle"]["calls"]
     # evaluate generated nothing again either (cached by model, adapter and prompt), and decided the same
-    after = json.loads((repo / "metrics/eval.json").read_text())
+    after = json.loads((repo / "metrics/eval/stats.json").read_text())
     n = after["base"]["items"] + after["base"]["probes"]
     assert after["base"]["generations_cached"] == after["tuned"]["generations_cached"] == n
     assert (after["verdict"], after["stats"]) == (before["verdict"], before["stats"])
     # the answers are the same, so nothing downstream of label changed
     status = sh("dvc status split", repo).stdout
     assert "up to date" in status.lower(), status
-    # calibrate's metrics changed (its timings), and evaluate_scorer reads the oracle's noise from them: only it
-    assert ran(sh("dvc repro", repo).stdout) == ["evaluate_scorer"]
+    # calibrate's metrics changed (its timings), and evaluate_scorer reads the oracle's noise from them; evaluate@stats'
+    # metrics changed (the judge's seconds), and the domains report reads them: only those two
+    assert sorted(ran(sh("dvc repro", repo).stdout)) == ["domains", "evaluate_scorer"]
     sh("git add -A && git commit -qm forced", repo)
 
 
@@ -209,7 +237,7 @@ def test_collector_code_change_does_not_recollect(repo):
 
 
 def test_adapter_loads_with_plain_peft_in_a_fresh_process(repo):
-    item = next(json.loads(line) for line in (repo / "reports/eval_items.jsonl").read_text().splitlines()
+    item = next(json.loads(line) for line in (repo / "reports/eval/stats/items.jsonl").read_text().splitlines()
                 if json.loads(line)["kind"] == "probe")
     probe = next(json.loads(line) for line in (repo / "data/split/probes.jsonl").read_text().splitlines()
                  if json.loads(line)["id"] == item["id"])
@@ -221,10 +249,10 @@ def test_adapter_loads_with_plain_peft_in_a_fresh_process(repo):
         dtype = torch.bfloat16 if "avx512_bf16" in open("/proc/cpuinfo").read() else torch.float32
         q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                bnb_4bit_compute_dtype=dtype)
-        tok = AutoTokenizer.from_pretrained("models/adapter")
+        tok = AutoTokenizer.from_pretrained("models/adapters/stats")
         base = AutoModelForCausalLM.from_pretrained("models/base", quantization_config=q, dtype=dtype,
                                                     device_map={{"": "cpu"}})
-        model = PeftModel.from_pretrained(base, "models/adapter").eval()
+        model = PeftModel.from_pretrained(base, "models/adapters/stats").eval()
         text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         enc = tok(text, return_tensors="pt", add_special_tokens=False)
         out = model.generate(**enc, max_new_tokens=24, do_sample=False)
@@ -254,7 +282,7 @@ def test_param_change_runs_exactly_train_and_evaluate_and_a_killed_train_resumes
     first = subprocess.Popen("dvc repro", shell=True, cwd=repo, env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True, start_new_session=True)
     deadline = time.time() + 600
-    while not list((repo / "checkpoints/train").glob("*/checkpoint-*/trainer_state.json")):
+    while not list((repo / "checkpoints/train").rglob("checkpoint-*/trainer_state.json")):
         assert first.poll() is None, first.stdout.read()
         assert time.time() < deadline
         time.sleep(0.5)
@@ -267,12 +295,14 @@ def test_param_change_runs_exactly_train_and_evaluate_and_a_killed_train_resumes
 
     out = sh("dvc repro", repo).stdout
     # check_params passed in the killed run (conf/ is unchanged since), so exactly train and evaluate run
-    assert ran(out) == ["train", "evaluate"], out
-    train = json.loads((repo / "metrics/train/metrics.json").read_text())
-    assert train["resumed_from_step"] >= 2 and train["last_step"] == 10
-    adapter = json.loads((repo / "models/adapter/adapter_config.json").read_text())
+    # check_params passed in the killed run; train@stats was killed after its checkpoint: exactly train and evaluate
+    # of each domain and the domains report run, and the killed one resumes
+    assert sorted(ran(out)) == sorted([*DOMAIN_STAGES, "domains"]), out
+    resumed = [json.loads((repo / f"metrics/train/{d}/metrics.json").read_text()) for d in DOMAINS]
+    assert max(t["resumed_from_step"] for t in resumed) >= 2 and all(t["last_step"] == 10 for t in resumed)
+    adapter = json.loads((repo / "models/adapters/stats/adapter_config.json").read_text())
     assert adapter["r"] == 8
-    evaluation = json.loads((repo / "metrics/eval.json").read_text())
+    evaluation = json.loads((repo / "metrics/eval/stats.json").read_text())
     assert evaluation["judge"] is None and evaluation["stats"]["judge_win_rate"] is None
     assert evaluation["verdict"] in ("DEPLOY", "REVIEW", "FAIL") and "oracle" not in evaluation
     sh("git add -A && git commit -qm r8", repo)
@@ -283,8 +313,8 @@ def test_push_then_pull_into_a_fresh_clone_restores_every_output(repo):
     clone = repo.parent / "clone"  # beside repo, so the relative default remote is the same folder
     sh(f"git clone -q {repo} {clone}", repo.parent)
     sh("dvc pull", clone)
-    for rel in ["models/base/model.safetensors", "models/adapter/adapter_model.safetensors",
-                "data/split/train.jsonl", "data/raw/sample.jsonl", "data/chatml/all.jsonl"]:
+    for rel in ["models/base/model.safetensors", "models/adapters/stats/adapter_model.safetensors",
+                "models/adapters/tweets/adapter_model.safetensors", "data/split/train.jsonl", "data/raw/sample.jsonl", "data/chatml/all.jsonl"]:
         assert (clone / rel).read_bytes() == (repo / rel).read_bytes(), rel
     status = sh("dvc status", clone).stdout
     assert "up to date" in status.lower(), status
@@ -340,9 +370,9 @@ def test_queued_sweep_runs_only_train_and_evaluate(repo):
     assert len(names) == 4, names
     for name in names:
         log = sh(f"dvc queue logs {name}", repo).stdout
-        assert set(ran(log)) == {"train", "evaluate"}, (name, ran(log))
+        assert set(ran(log)) == {*DOMAIN_STAGES, "domains"}, (name, ran(log))
     diff = sh(f"dvc metrics diff HEAD {names[0]}", repo).stdout
-    assert "metrics/eval.json" in diff
+    assert "metrics/eval/stats.json" in diff and "metrics/eval/tweets.json" in diff
 
 
 # --- experiments run by two workers, and the cache they share ---------------------------------------------------
@@ -406,7 +436,7 @@ def test_two_queue_workers_give_the_results_of_one_at_a_time(repo):
     # workers at once; each must give what the one-worker queue gave.
     points = {"par-r4": "-S lora.r=4 -S train.lr=1e-4", "par-r16": "-S lora.r=16 -S train.lr=3e-4"}
     for name, sets in points.items():
-        sh(f"dvc exp run --queue -n {name} -f -s {sets} train evaluate", repo)
+        sh(f"dvc exp run --queue -n {name} -f -s {sets} {' '.join(DOMAIN_STAGES)}", repo)
     status, tasks, seconds = run_queue(repo, 2)
     for name in points:
         assert any(name in line and "Success" in line for line in status.splitlines()), status
@@ -424,17 +454,17 @@ def test_two_queue_workers_give_the_results_of_one_at_a_time(repo):
     report = {}
     for name in points:
         log = sh(f"dvc queue logs {name}", repo).stdout
-        assert set(ran(log)) == {"train", "evaluate"}, (name, ran(log))
+        assert set(ran(log)) == set(DOMAIN_STAGES), (name, ran(log))
         twin = next(n for n, rev in refs.items() if n not in points and params_of(rev) == params_of(refs[name]))
         mine, theirs = outs_of(repo, refs[name]), outs_of(repo, refs[twin])
-        train_a, train_b = (json.loads(cached_file(repo, o, "metrics/train/metrics.json")) for o in (mine, theirs))
+        train_a, train_b = (json.loads(cached_file(repo, o, "metrics/train/stats/metrics.json")) for o in (mine, theirs))
         for key in ("train_loss", "eval_loss", "best_eval_loss", "best_step", "last_step"):
             assert train_a[key] == pytest.approx(train_b[key], abs=1e-4), (name, twin, key, train_a[key], train_b[key])
-        eval_a, eval_b = (json.loads(git(repo, "show", f"{refs[n]}:metrics/eval.json")) for n in (name, twin))
+        eval_a, eval_b = (json.loads(git(repo, "show", f"{refs[n]}:metrics/eval/stats.json")) for n in (name, twin))
         assert eval_a["verdict"] == eval_b["verdict"]
         for key in ("rouge_l", "perplexity", "token_accuracy"):
             assert eval_a["tuned"][key] == pytest.approx(eval_b["tuned"][key], abs=1e-4), (name, key)
-        weights = [cached_file(repo, o, "models/adapter/adapter_model.safetensors") for o in (mine, theirs)]
+        weights = [cached_file(repo, o, "models/adapters/stats/adapter_model.safetensors") for o in (mine, theirs)]
         report[name] = {"twin": twin, "adapter_identical": weights[0] == weights[1],
                         "eval_loss": [train_a["eval_loss"], train_b["eval_loss"]]}
 
@@ -529,8 +559,9 @@ def test_s3_remote_push_pull_and_a_teammate_restores_every_stage_from_the_run_ca
     clone = repo.parent / "s3clone"
     sh(f"git clone -q {repo} {clone}", repo.parent)
     sh("dvc pull", clone, store=repo.parent / "s3clone_store", extra_env=env)
-    for rel in ["models/base/model.safetensors", "models/adapter/adapter_model.safetensors", "data/split/train.jsonl",
-                "reports/eval.md", "metrics/train/metrics.json"]:
+    for rel in ["models/base/model.safetensors", "models/adapters/stats/adapter_model.safetensors",
+                "data/split/train.jsonl", "reports/eval/stats/eval.md", "metrics/train/tweets/metrics.json",
+                "reports/domains.md"]:
         assert (clone / rel).read_bytes() == (repo / rel).read_bytes(), rel
     assert "up to date" in sh("dvc status", clone, extra_env=env).stdout.lower()
 
@@ -547,9 +578,9 @@ def test_s3_remote_push_pull_and_a_teammate_restores_every_stage_from_the_run_ca
     assert ran(out.stdout) == [], out.stdout[-3000:]
     restored = [line.split("'")[1] for line in out.stdout.splitlines() if "is cached - skipping run" in line]
     assert sorted(restored) == sorted(["check_params", "collect@files", "collect@sample", "base", "clean", "synthesize",
-                                       "chatml", "calibrate", "label", "split", "train", "evaluate", "train_scorer",
-                                       "evaluate_scorer"]), out.stdout[-3000:]
-    for stage in ("synthesize", "calibrate", "label", "evaluate"):  # the answers somebody paid for
+                                       "chatml", "calibrate", "label", "split", *DOMAIN_STAGES, "domains",
+                                       "train_scorer", "evaluate_scorer"]), out.stdout[-3000:]
+    for stage in ("synthesize", "calibrate", "label", "evaluate/stats"):  # the answers somebody paid for
         assert list((mate / "data/oracle_cache" / stage).rglob("*.json*")), stage
     assert not store.exists() or not list(store.rglob("*.json*"))  # nothing was asked of the oracle
     assert "up to date" in sh("dvc status", mate, extra_env=env).stdout.lower()
@@ -559,9 +590,9 @@ def test_s3_remote_push_pull_and_a_teammate_restores_every_stage_from_the_run_ca
     sh("git checkout -q -f - && git config user.email t@t && git config user.name t", mate)
     out = sh("dvc exp run --pull -S lora.r=4 -S train.lr=1e-4", mate, store=store, extra_env=env, timeout=1200)
     assert ran(out.stdout) == [], out.stdout[-3000:]
-    assert {"train", "evaluate"} <= {line.split("'")[1] for line in out.stdout.splitlines()
+    assert set(DOMAIN_STAGES) <= {line.split("'")[1] for line in out.stdout.splitlines()
                                     if "is cached - skipping run" in line}, out.stdout[-3000:]
-    assert json.loads((mate / "models/adapter/adapter_config.json").read_text())["r"] == 4
-    sweep_weights = {cached_file(repo, outs_of(repo, rev), "models/adapter/adapter_model.safetensors")
+    assert json.loads((mate / "models/adapters/stats/adapter_config.json").read_text())["r"] == 4
+    sweep_weights = {cached_file(repo, outs_of(repo, rev), "models/adapters/stats/adapter_model.safetensors")
                      for rev in experiment_refs(repo).values()}
-    assert (mate / "models/adapter/adapter_model.safetensors").read_bytes() in sweep_weights
+    assert (mate / "models/adapters/stats/adapter_model.safetensors").read_bytes() in sweep_weights

@@ -14,7 +14,7 @@ from slmforge.evaluation.generate import generate
 from slmforge.evaluation.metrics import format_ok, group_of, per_group, units_in
 from slmforge.evaluation.report import render
 from slmforge.io import UserError
-from slmforge.params import EvalParams, JudgeParams, VerdictParams
+from slmforge.params import EvalParams, JudgeParams, NumericsParams, VerdictParams
 
 UNITS = ["%", "days", "day", "weeks", "ms", "$", "USD"]
 
@@ -22,7 +22,8 @@ UNITS = ["%", "days", "day", "weeks", "ms", "$", "USD"]
 def params(metric: str = "rouge_l", **kw) -> EvalParams:
     return EvalParams(max_new_tokens=8, batch_size=4, max_test_items=0, max_probes=0, seed=0, abstain_markers=[],
                       units=UNITS, bootstrap=200, examples=3, judge=JudgeParams(True, 0, 0.5, 0.5),
-                      verdict=VerdictParams(metric=metric, p_max=0.05, min_effect=0.3, min_improvement=0.15), **kw)
+                      verdict=VerdictParams(metric=metric, p_max=0.05, min_effect=0.3, min_improvement=0.15),
+                      numerics=NumericsParams(enabled=False, test_items=0), latency_queries=0, **kw)
 
 
 @pytest.mark.parametrize("pred,ref,expected", [

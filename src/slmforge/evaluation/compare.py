@@ -8,6 +8,7 @@ import json
 import math
 from pathlib import Path
 
+from slmforge.evaluation import numerics
 from slmforge.evaluation.generate import generate, prompt_messages, reference, score_references
 from slmforge.evaluation.judge import judge_items, outcome_score
 from slmforge.evaluation.metrics import (aggregate, delta, format_ok, hallucinated, mean_or_nan, per_group,
@@ -166,9 +167,12 @@ def compare(*, test_rows: list[dict], probes: list[dict], model_params: ModelPar
     fingerprint = (f"{model_fingerprint(Path(base_dir), pin)}|4bit={model_params.load_in_4bit}|"
                    f"{model_params.compute_dtype}|{'cuda' if torch.cuda.is_available() else 'cpu'}")
     base, base_items = evaluate_model(model, tokenizer, test_rows, probes, params, max_len, "base", (fingerprint, None))
+    timed = test_rows or probes  # latency: wall-clock facts, returned apart from the result (metrics/latency/)
+    latency = {"base": numerics.latency(model, tokenizer, timed, params.max_new_tokens, params.latency_queries)}
     model = PeftModel.from_pretrained(model, str(adapter_dir))
     tuned, tuned_items = evaluate_model(model, tokenizer, test_rows, probes, params, max_len, "tuned",
                                         (fingerprint, adapter_sha(adapter_dir)))
+    latency["tuned"] = numerics.latency(model, tokenizer, timed, params.max_new_tokens, params.latency_queries)
     del model
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -192,10 +196,15 @@ def compare(*, test_rows: list[dict], probes: list[dict], model_params: ModelPar
                 item["tuned"]["judge"] = score
                 item["base"]["judge"] = None if score is None else 1.0 - score
     per_metric, headline = statistics(items, params, judge_summary)
+    if params.numerics.enabled:
+        rows = numerics.numerics_rows(test_rows, probes, params)
+        full = numerics.full_precision(model_params, base_dir, base_json, adapter_dir, rows, params, fingerprint,
+                                       adapter_sha(adapter_dir))
+        headline["numerics"] = numerics.numerics_summary(rows, items, full)
     result = {
         **headline, "base": base, "tuned": tuned, "delta": delta(base, tuned), "per_metric": per_metric,
         "per_source": per_group(items, BREAKDOWN), "overfitting": overfitting(card.get("metrics", {})),
-        "template_sha256": card["template_sha256"], "items": items,
+        "template_sha256": card["template_sha256"], "items": items, "latency": latency,
     }
     if oracle is not None:
         result.update(oracle.metrics())
