@@ -51,9 +51,9 @@ def main(argv=None):
     )
     if summary is None:  # not the main process: it writes nothing and says nothing
         return
-    print(f"train@{args.domain}: {len(rows['train'])} rows, eval loss {summary['eval_loss']:.4f} (best {summary['best_eval_loss']:.4f} at step "
-          f"{summary['best_step']}), gap {summary['train_eval_gap']:+.3f}, {summary['world_size']} process(es) "
-          f"-> {args.adapter}")
+    print(f"train@{args.domain}: {len(rows['train'])} rows, eval loss {summary['eval_loss']:.4f} (best "
+          f"{summary['best_eval_loss']:.4f} at step {summary['best_step']}), gap {summary['train_eval_gap']:+.3f}, "
+          f"{summary['world_size']} process(es) -> {args.adapter}")
 
 
 if __name__ == "__main__":

@@ -231,7 +231,7 @@ def main(argv=None) -> None:
                 if kind in result:
                     r = result[kind]
                     print(f"{kind}: {r['identical_answers']}/{result['probes'] + result['test_items']} greedy answers "
-                          f"identical to NF4 + adapter (words in common {r['prefix_agreement']:.0%}), probe accuracy "
+                          f"identical to NF4 + adapter (words in common {r['prefix_agreement'] or 0:.0%}), probe accuracy "
                           f"{r['probe_accuracy']} (NF4 + adapter: {ref}), prompts tokenised identically "
                           f"{r['prompt_ids_identical']:.0%}, EOS {r['eos_token']}")
             print(f"wrote {out} ({args.format}, merged into the {result['merged_into']})")

@@ -213,6 +213,10 @@ def build_app(model, tokenizer, adapter_names: list[str], default_max_tokens: in
     async def _validation_error(_request, exc: RequestValidationError):
         return openai_error(400, str(exc.errors()[:1]))
 
+    @app.exception_handler(Exception)
+    async def _server_error(_request, exc: Exception):  # still an OpenAI body, never a bare 500 page
+        return openai_error(500, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+
     @app.get("/health")
     def health():
         return JSONResponse({"status": "ok"})
