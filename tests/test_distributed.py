@@ -77,7 +77,7 @@ def test_two_cpu_processes_train_one_adapter(project):
     proc = run_stage(project, *STAGE_ARGS)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "relaunching through `accelerate launch --config_file conf/accelerate/ddp_cpu.yaml`" in proc.stdout
-    assert proc.stdout.count("train: eval loss") == 1, proc.stdout  # only rank 0 reports (and writes)
+    assert proc.stdout.count("train@all: ") == 1, proc.stdout  # only rank 0 reports (and writes)
     assert "2 process(es)" in proc.stdout
 
     metrics = json.loads((project / "metrics/train/metrics.json").read_text())
