@@ -26,8 +26,8 @@ venv: $(VENV)/.synced
 
 repro: venv
 	dvc repro
-	@echo "--- verdicts (reports/eval.md and reports/scorer.md have the rest) ---"
-	@head -n 3 reports/eval.md
+	@echo "--- verdicts (reports/eval/<domain>/eval.md, reports/domains.md and reports/scorer.md have the rest) ---"
+	@for f in reports/eval/*/eval.md; do head -n 3 $$f; done
 	@head -n 3 reports/scorer.md
 
 test: venv

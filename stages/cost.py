@@ -22,11 +22,20 @@ def main(argv=None):
     ap.add_argument("--report", required=True, help="reports/cost.md")
     args = ap.parse_args(argv)
     check_params_fresh()
-    metrics = {stage: json.loads(Path(path).read_text()) for stage, path in parse_spent(args.stage).items()}
-    for stage, m in metrics.items():  # the per-run figures (calls, cache hits, dollars) are in the run facts
-        facts = Path(args.runs_dir) / f"{stage}.json"
-        run_oracle = json.loads(facts.read_text()).get("oracle", {}) if facts.exists() else {}
-        m["oracle"] = {**(m.get("oracle") or {}), **run_oracle}
+    metrics = {}
+    for stage, path in parse_spent(args.stage).items():
+        # A folder (metrics/eval: one file per domain) is one stage run per file: their figures add up. The per-run
+        # figures (calls, cache hits, dollars) are in each run's facts (runs-dir/STAGE.json or runs-dir/STAGE/D.json).
+        path, runs = Path(path), Path(args.runs_dir)
+        pairs = ([(p, runs / stage / p.name) for p in sorted(path.glob("*.json"))] if path.is_dir()
+                 else [(path, runs / f"{stage}.json")])
+        oracle: dict = {}
+        for metrics_file, facts_file in pairs:
+            m = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
+            facts = json.loads(facts_file.read_text()) if facts_file.exists() else {}
+            for k, v in {**(m.get("oracle") or {}), **(facts.get("oracle") or {})}.items():
+                oracle[k] = oracle.get(k, 0) + v if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+        metrics[stage] = {"oracle": oracle}
     summary = cost_summary(metrics, load_params("oracle"))
     atomic_write_json(args.metrics, summary)
     atomic_write_text(args.report, cost_markdown(summary))

@@ -1,23 +1,28 @@
 """Stage `train`: QLoRA fine-tuning of the base model on the train split, early-stopped on val.
 
-Run: dvc repro train   (python -m stages.train --split-dir data/split --adapter models/adapter ...)
+Run: dvc repro train@DOMAIN   (python -m stages.train --domain all --split-dir data/split --adapter models/adapters/all ...)
+One stage per domain (dvc.yaml foreach over `domains`): the domain's rows of the shared split, its own adapter.
 Checkpoints live in --checkpoints, which is not a DVC output, so a killed run resumes on the next repro.
 With train.distributed set, it runs itself again through `accelerate launch --config_file conf/accelerate/NAME.yaml`.
 """
 
 import argparse
+import hashlib
+import json
 import sys
 from pathlib import Path
 
 from slmforge.distributed import relaunch
+from slmforge.domains import select_split
 from slmforge.io import read_jsonl, write_run_facts
-from slmforge.params import check_params_fresh, load_params
+from slmforge.params import as_dict, check_params_fresh, load_domain_params, load_params
 from slmforge.runner import run
 from slmforge.training import train
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--domain", required=True, help="a key of `domains` in params.yaml: which rows it trains on")
     ap.add_argument("--split-dir", required=True)
     ap.add_argument("--base", required=True)
     ap.add_argument("--pin", required=True)
@@ -33,18 +38,22 @@ def main(argv=None):
         sys.exit(code)
     split = Path(args.split_dir)
     files = [split / "train.jsonl", split / "val.jsonl"]
+    domain = load_domain_params(args.domain)
+    rows = select_split({"train": read_jsonl(files[0]), "val": read_jsonl(files[1])}, args.domain, domain)
+    # the checkpoints of one selection of rows: a changed selection never resumes from another's
+    selection = hashlib.sha256(json.dumps(as_dict(domain), sort_keys=True).encode()).hexdigest()[:12]
     summary = train(
-        train_rows=read_jsonl(files[0]), val_rows=read_jsonl(files[1]), data_files=files,
+        train_rows=rows["train"], val_rows=rows["val"], data_files=files,
         model_params=load_params("model"), lora=load_params("lora"), params=params,
         base_dir=Path(args.base), base_json=Path(args.pin), adapter_dir=Path(args.adapter),
-        metrics_dir=Path(args.metrics_dir), checkpoint_root=Path(args.checkpoints),
+        metrics_dir=Path(args.metrics_dir), checkpoint_root=Path(args.checkpoints) / selection,
     )
     if summary is None:  # not the main process: it writes nothing and says nothing
         return
-    write_run_facts(args.run_facts, {"stage": "train", **summary.pop("run")})
-    print(f"train: eval loss {summary['eval_loss']:.4f} (best {summary['best_eval_loss']:.4f} at step "
-          f"{summary['best_step']}), gap {summary['train_eval_gap']:+.3f}, {summary['world_size']} process(es) "
-          f"-> {args.adapter}")
+    write_run_facts(args.run_facts, {"stage": f"train@{args.domain}", **summary.pop("run")})
+    print(f"train@{args.domain}: {len(rows['train'])} rows, eval loss {summary['eval_loss']:.4f} (best "
+          f"{summary['best_eval_loss']:.4f} at step {summary['best_step']}), gap {summary['train_eval_gap']:+.3f}, "
+          f"{summary['world_size']} process(es) -> {args.adapter}")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]")
 
 
 def make_adapter(base_dir: Path, out: Path, model_params, *, random_b: bool, template_sha: str | None = None,
-                 load_in_4bit: bool = True) -> Path:
+                 load_in_4bit: bool = True, seed: int = 0) -> Path:
     """A LoRA adapter folder as training.save_adapter writes it. random_b=False gives peft's default
     initialisation (B = 0, the base's own answers); True makes the adapter change every logit."""
     from peft import LoraConfig, get_peft_model
@@ -35,7 +35,7 @@ def make_adapter(base_dir: Path, out: Path, model_params, *, random_b: bool, tem
 
     from slmforge.templates import template_fingerprint
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
     if tokenizer.pad_token is None:  # as load_base does, so the fingerprint is the one chat computes

@@ -24,7 +24,12 @@ from slmforge.plots import PAGE, offline_page, vegalite_version
 
 ROOT = Path(__file__).resolve().parents[1]
 PLOTS = yaml.safe_load((ROOT / "dvc.yaml").read_text())["plots"]
-TITLES = [next(iter(p)) for p in PLOTS]
+# A plot whose id is a folder (the evaluation's: one file per domain) is drawn once per file; the fixtures have the
+# default domain `all`. LABEL: each plot on the page -> its title.
+LABEL = {(f"{pid}/all.json" if "title" in props else pid): props.get("title", pid)
+         for pid, props in (next(iter(p.items())) for p in PLOTS)}
+TITLES = list(LABEL)
+PER_SOURCE = "metrics/plots/eval_per_source/all.json"
 # the mark each plot must draw (the SVG class Vega gives it): a plot that silently draws nothing fails
 MARKS = {
     "Loss (train and validation)": "mark-line",
@@ -42,7 +47,7 @@ EXTERNAL_LOAD = re.compile(r"""(?:\b(?:src|href)\s*=\s*["']?\s*|url\(\s*["']?|@i
 
 def write_fixtures(repo: Path, version: int, gold: bool) -> None:
     """Metrics files of the shape train and evaluate write; `version` shifts the numbers."""
-    train = repo / "metrics/train/plots/metrics"
+    train = repo / "metrics/train/all/plots/metrics"  # the default domain's
     steps = range(0, 100, 5)
     for folder in (train, repo / "metrics/scorer_train/plots/metrics"):  # the chat adapter's and the scorer's
         for sub in ("train", "eval"):
@@ -61,10 +66,12 @@ def write_fixtures(repo: Path, version: int, gold: bool) -> None:
              "value": round(scale * (0.3 + 0.1 * i + (0.2 if model == "tuned" else 0) + 0.05 * version), 4), "n": 10 + i}
             for i, source in enumerate(["sample", "stackexchange", "arxiv"])
             for metric, scale in scales.items() for model in ("base", "tuned")]
-    (plots / "eval_per_source.json").write_text(json.dumps(bars, indent=1))
+    (plots / "eval_per_source").mkdir(exist_ok=True)
+    (plots / "eval_per_source/all.json").write_text(json.dumps(bars, indent=1))
     judge = [{"outcome": "tuned wins", "count": 12 + version}, {"outcome": "base wins", "count": 5},
              {"outcome": "tie", "count": 3}, {"outcome": "flips with order", "count": 11 - version}]
-    (plots / "eval_judge.json").write_text(json.dumps(judge, indent=1))
+    (plots / "eval_judge").mkdir(exist_ok=True)
+    (plots / "eval_judge/all.json").write_text(json.dumps(judge, indent=1))
     calibration = []
     for stratum, n, mean in [("on-topic", 12, 7.0), ("off-topic", 12, 1.5), ("edge", 6, 4.0)]:
         for i in range(n):
@@ -159,8 +166,8 @@ def test_every_plot_draws_its_marks_offline(repo):
         width, height = png_size(png)
         assert width >= 300 and height >= 200 and len(png) > 10_000, f"{title}: {width}x{height}, {len(png)} bytes"
         svg = svg_of(spec)
-        assert f'class="{MARKS[title]} role-mark' in svg, f"{title}: no {MARKS[title]} drawn"
-        assert title in svg
+        assert f'class="{MARKS[LABEL[title]]} role-mark' in svg, f"{title}: no {MARKS[LABEL[title]]} drawn"
+        assert LABEL[title] in svg
 
 
 def test_plots_diff_renders_both_revisions(repo, tmp_path):
@@ -170,10 +177,10 @@ def test_plots_diff_renders_both_revisions(repo, tmp_path):
         assert renderers[0]["revisions"] == ["no-gold", "gold"], title
         assert {row["rev"] for row in renderers[0]["content"]["data"]["values"]} == {"no-gold", "gold"}, title
         svg = svg_of(renderers[0]["content"])
-        assert f'class="{MARKS[title]} role-mark' in svg, title
+        assert f'class="{MARKS[LABEL[title]]} role-mark' in svg, title
     # the bars say which revision and model they are; the per-revision panels are headed by the revision;
     # the revision without gold labels says so instead of failing
-    assert "no-gold / tuned" in svg_of(data["Evaluation by source (base vs tuned)"][0]["content"])
+    assert "no-gold / tuned" in svg_of(data[PER_SOURCE][0]["content"])
     gold = svg_of(data["Calibration - oracle vs human gold"][0]["content"])
     assert ">no-gold<" in gold and ">gold<" in gold and NO_GOLD in gold
     dvc(repo, "plots", "diff", "no-gold", "gold", "-o", str(tmp_path / "page"))

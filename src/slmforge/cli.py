@@ -1,10 +1,11 @@
 """The `slmforge` command: `compose` writes params.yaml from conf/; `chat` talks to base + adapter;
-`merge` exports a merged model; `score` scores records with the student scorer; `doctor` says what this
+`merge` exports a merged model; `serve` answers OpenAI-compatible requests for the base and every
+adapter; `export` writes a merged model or a GGUF with its parity check; `publish` uploads to the Hub; `score` scores records with the student scorer; `doctor` says what this
 machine can run; `push` shares every run with the team (`dvc push --run-cache` and the outputs its records name);
 `verify` re-runs the pipeline in a temporary clone and says which stages' outputs differ from dvc.lock;
 `cost` forecasts what the oracle will cost before anything runs; `annotate` writes human gold scores.
 
-Run: slmforge chat | slmforge merge --out models/merged | slmforge score FILE --out OUT | slmforge doctor |
+Run: slmforge chat | slmforge serve [--vllm] | slmforge export | slmforge publish | slmforge merge --out models/merged | slmforge score FILE --out OUT | slmforge doctor |
 slmforge compose [OVERRIDE ...] | slmforge push [--remote NAME] | slmforge verify [--until STAGE] | slmforge cost |
 slmforge annotate
 """
@@ -108,7 +109,7 @@ def main(argv=None) -> None:
     p = sub.add_parser("chat", help="chat with the base model and the trained adapter, streamed")
     p.add_argument("--base", default="models/base")
     p.add_argument("--pin", default="models/base.json")
-    p.add_argument("--adapter", default="models/adapter")
+    p.add_argument("--adapter", default="models/adapters/all")
     p.add_argument("--no-adapter", action="store_true", help="chat with the base model alone")
     p.add_argument("--system", default=None, help="system prompt (/system TEXT changes it in the chat)")
     p.add_argument("--max-new-tokens", type=int, default=256)
@@ -117,9 +118,56 @@ def main(argv=None) -> None:
     p = sub.add_parser("merge", help="fold the adapter into full-precision base weights and save the model")
     p.add_argument("--base", default="models/base")
     p.add_argument("--pin", default="models/base.json")
-    p.add_argument("--adapter", default="models/adapter")
+    p.add_argument("--adapter", default="models/adapters/all")
     p.add_argument("--out", default="models/merged")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+
+    p = sub.add_parser("serve", help="an OpenAI-compatible server (/v1/chat/completions, /v1/models) for the base "
+                                     "and every adapter on one loaded base; --vllm prints the production command")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--base", default="models/base")
+    p.add_argument("--pin", default="models/base.json")
+    p.add_argument("--adapters-dir", default="models/adapters", help="every adapter found here is served by its folder name")
+    p.add_argument("--adapter", action="append", default=[], metavar="NAME=PATH",
+                   help="serve this adapter as NAME (repeatable; replaces the ones found in --adapters-dir)")
+    p.add_argument("--max-tokens", type=int, default=512, help="completion length when a request names none")
+    p.add_argument("--params", default="params.yaml", help="params file whose `model` section says how to load")
+    p.add_argument("--vllm", action="store_true", help="print the `vllm serve` command for production and exit")
+    p.add_argument("--merged", default=None, help="with --vllm: serve this merged export instead of base + adapters")
+    p.add_argument("--full-precision", action="store_true",
+                   help="with --vllm: the base unquantised (the adapters were trained on NF4: see docs/serving.md)")
+
+    p = sub.add_parser("export", help="merge a domain's adapter into the weights it was trained against, write it as a "
+                                      "transformers folder or a GGUF, and check its parity with what evaluate measured")
+    p.add_argument("--format", choices=["merged", "gguf"], required=True)
+    p.add_argument("--domain", default=None, help="whose adapter (models/adapters/DOMAIN); default: the only domain")
+    p.add_argument("--adapter", default=None, help="an adapter folder (default: models/adapters/DOMAIN)")
+    p.add_argument("--from", dest="source", choices=["trained", "full"], default="trained",
+                   help="trained: the weights the adapter learned against (NF4 dequantised, for QLoRA); full: the "
+                        "original full-precision weights")
+    p.add_argument("--out", default=None, help="default: exports/DOMAIN-FORMAT")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32", help="merged weights")
+    p.add_argument("--gguf-type", choices=["f16", "f32", "bf16", "q8_0"], default="f16")
+    p.add_argument("--split-dir", default="data/split", help="the probes and test items the parity check answers")
+    p.add_argument("--parity-items", type=int, default=16, help="test items answered besides every probe")
+    p.add_argument("--metrics", default=None, help="parity metrics (default: metrics/export/DOMAIN-FORMAT.json)")
+    p.add_argument("--base", default="models/base")
+    p.add_argument("--pin", default="models/base.json")
+    p.add_argument("--params", default="params.yaml")
+
+    p = sub.add_parser("publish", help="upload a domain's adapter (or an export) to the Hugging Face Hub with a model "
+                                       "card made from the run; the token comes from HF_TOKEN only")
+    p.add_argument("repo_id", help="user/name on the Hub")
+    p.add_argument("--domain", default=None, help="whose adapter (default: the only domain)")
+    p.add_argument("--export", default=None, help="upload this export folder (slmforge export) instead of the adapter")
+    p.add_argument("--private", action="store_true")
+    p.add_argument("--dry-run", action="store_true", help="print the files and the card; upload nothing")
+    p.add_argument("--adapters-dir", default="models/adapters")
+    p.add_argument("--pin", default="models/base.json")
+    p.add_argument("--lock", default="dvc.lock")
+    p.add_argument("--metrics-dir", default="metrics")
+    p.add_argument("--params", default="params.yaml")
 
     sub.add_parser("doctor", help="what this machine can run: GPU, bitsandbytes, packages, DVC, keys")
 
@@ -185,6 +233,90 @@ def main(argv=None) -> None:
             model, tokenizer = load_chat_model(params, args.base, args.pin, None if args.no_adapter else args.adapter)
             chat_loop(ChatSession(model, tokenizer, system=args.system, max_new_tokens=args.max_new_tokens,
                                   template_kwargs=params.chat_template_kwargs))
+        elif args.command == "serve":
+            from slmforge.serving import discover_adapters, parse_adapter_args
+
+            adapters = parse_adapter_args(args.adapter) if args.adapter else discover_adapters(args.adapters_dir)
+            if args.vllm:
+                from slmforge.serving import vllm_command
+
+                print(vllm_command(args.base, args.pin, adapters, merged=args.merged, nf4=not args.full_precision,
+                                   port=args.port))
+                return
+            from slmforge.modeling import set_threads
+            from slmforge.params import load_params
+            from slmforge.serving import Server, build_app, load_served_model
+
+            set_threads()
+            model, tokenizer = load_served_model(load_params("model", args.params), args.base, args.pin, adapters)
+            print(f"serving base + {len(adapters)} adapter(s) ({', '.join(adapters) or 'none'}) on "
+                  f"http://{args.host}:{args.port}/v1", flush=True)
+            Server(build_app(model, tokenizer, list(adapters), args.max_tokens), args.host, args.port).server.run()
+        elif args.command == "export":
+            from pathlib import Path
+
+            from slmforge.domains import pick, select
+            from slmforge.export import export
+            from slmforge.io import UserError, atomic_write_json, read_jsonl
+            from slmforge.modeling import set_threads
+            from slmforge.params import load_domains, load_params
+
+            domains = load_domains(args.params)
+            name = pick(domains, args.domain)
+            split = Path(args.split_dir)
+            if not (split / "probes.jsonl").exists():
+                raise UserError(f"{split}/probes.jsonl not found: run `dvc repro` (or `dvc pull`) first")
+            set_threads()
+            ev = load_params("eval", args.params)
+            out = Path(args.out or f"exports/{name}-{args.format}")
+            result = export(params=load_params("model", args.params), base_dir=Path(args.base), base_json=Path(args.pin),
+                            adapter_dir=Path(args.adapter or f"models/adapters/{name}"), out_dir=out, fmt=args.format,
+                            source=args.source, name=f"slmforge-{name}", n_test=args.parity_items,
+                            test_rows=select(read_jsonl(split / "test.jsonl"), domains[name]),
+                            probes=select(read_jsonl(split / "probes.jsonl"), domains[name]),
+                            max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size, dtype=args.dtype,
+                            tensor_type=args.gguf_type)
+            atomic_write_json(args.metrics or f"metrics/export/{name}-{args.format}.json", result)
+            ref = result["reference"]["probe_accuracy"]
+            for kind in ("merged", "gguf"):
+                if kind in result:
+                    r = result[kind]
+                    print(f"{kind}: {r['identical_answers']}/{result['probes'] + result['test_items']} greedy answers "
+                          f"identical to NF4 + adapter (words in common {r['prefix_agreement'] or 0:.0%}), probe accuracy "
+                          f"{r['probe_accuracy']} (NF4 + adapter: {ref}), prompts tokenised identically "
+                          f"{r['prompt_ids_identical']:.0%}, EOS {r['eos_token']}")
+            print(f"wrote {out} ({args.format}, merged into the {result['merged_into']})")
+        elif args.command == "publish":
+            import json
+            from pathlib import Path
+
+            from slmforge.chat import read_adapter_card
+            from slmforge.domains import pick
+            from slmforge.io import UserError
+            from slmforge.params import load_domains
+            from slmforge.publish import _cost, _json, lineage, model_card, token_from_env, upload
+
+            name = pick(load_domains(args.params), args.domain)
+            folder = Path(args.export or Path(args.adapters_dir) / name)
+            if not folder.is_dir():
+                raise UserError(f"{folder}: no such folder: " + ("run `slmforge export` first" if args.export else
+                                                                  f"run `dvc repro train@{name}` first"))
+            info = _json(folder / "slmforge_export.json")
+            metrics = Path(args.metrics_dir)
+            evaluation = _json(metrics / "eval" / f"{name}.json")
+            card = model_card(repo_id=args.repo_id, domain=name, kind=info["format"] if info else "adapter",
+                              adapter_card=read_adapter_card(info["adapter"] if info else folder),
+                              pin=json.loads(Path(args.pin).read_text()), lock=lineage(Path(args.lock), name),
+                              split=_json(metrics / "split.json"), evaluation=evaluation,
+                              cost=_cost(metrics, evaluation), parity=_json(folder / "parity.json"))
+            if args.dry_run:
+                files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and p.name != "README.md")
+                print(f"dry run: would upload to {args.repo_id} ({'private' if args.private else 'public'}): "
+                      f"{', '.join([*files, 'README.md'])}\n")
+                print(card)
+                return
+            url, files = upload(args.repo_id, folder, card, args.private, token_from_env())
+            print(f"published {len(files)} file(s) to {url}: {', '.join(files)}")
         elif args.command == "merge":
             from slmforge.chat import MERGE_HINT, merge_adapter, merge_warning, read_adapter_card
 

@@ -88,6 +88,12 @@ class VerdictParams:
 
 
 @dataclass(frozen=True)
+class NumericsParams:
+    enabled: bool  # the probes and a test sample also on the full-precision base, with and without the adapter
+    test_items: int  # test items in that sample (every probe is in it)
+
+
+@dataclass(frozen=True)
 class EvalParams:
     max_new_tokens: int
     batch_size: int
@@ -101,6 +107,18 @@ class EvalParams:
     strip_think: bool  # drop <think>...</think> reasoning from answers before metrics and the judge
     judge: JudgeParams
     verdict: VerdictParams
+    numerics: NumericsParams
+    latency_queries: int  # test items timed one at a time for base and tuned (metrics/latency/); 0: none
+
+
+@dataclass(frozen=True)
+class DomainParams:
+    """Which rows of the split one domain's adapter trains and is evaluated on: a row is in when it matches every
+    non-empty criterion (an empty list or mapping selects everything)."""
+    origins: list[str]  # meta.origin, e.g. [stackexchange, facts] (facts: the probes come with them)
+    sources: list[str]  # the record's source, e.g. [sample, files]
+    tags: list[str]  # any one of these in meta.tags
+    fields: dict[str, Any]  # meta key -> a value or a list of accepted values
 
 
 @dataclass(frozen=True)
@@ -557,6 +575,20 @@ def load_params(section: str, path: str | Path = "params.yaml"):
     if section not in data:
         raise UserError(f"params.yaml: missing section `{section}`: run `slmforge compose` or `dvc exp run`")
     return build(SECTIONS[section], data[section], section)
+
+
+def load_domain_params(name: str, path: str | Path = "params.yaml") -> DomainParams:
+    data = read_params_file(path).get("domains") or {}
+    if name not in data:
+        raise UserError(f"params.yaml: no domain `{name}` under `domains` (configured: {sorted(data)})")
+    return build(DomainParams, data[name], f"domains.{name}")
+
+
+def load_domains(path: str | Path = "params.yaml") -> dict[str, DomainParams]:
+    data = read_params_file(path).get("domains") or {}
+    if not data:
+        raise UserError("params.yaml: no `domains`: run `slmforge compose` (conf/domains/ gives them)")
+    return {name: build(DomainParams, value, f"domains.{name}") for name, value in data.items()}
 
 
 def load_source_params(name: str, path: str | Path = "params.yaml"):

@@ -545,7 +545,7 @@ Load it with plain PEFT:
 
 ```python
 from peft import AutoPeftModelForCausalLM
-model = AutoPeftModelForCausalLM.from_pretrained("models/adapter")
+model = AutoPeftModelForCausalLM.from_pretrained("models/adapters/<domain>")
 ```
 
 ## Base model
@@ -569,5 +569,5 @@ model = AutoPeftModelForCausalLM.from_pretrained("models/adapter")
 {rows}
 
 Template fingerprint: `{summary['template_sha256']}`. Evaluation against the base model is in `reports/`
-and `metrics/eval.json` of the run that produced this adapter.
+and `metrics/eval/<domain>.json` of the run that produced this adapter.
 """

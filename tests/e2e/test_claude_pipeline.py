@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.e2e.test_pipeline import ROOT, copy_project, ran, sh
+from tests.e2e.test_pipeline import ROOT, copy_project, ran, run_facts, sh
 from tests.oracle.messages_server import _text_of, running_messages_server
 
 pytestmark = pytest.mark.slow
@@ -81,25 +81,26 @@ def test_whole_pipeline_through_the_claude_backend(repo, monkeypatch):
         chatml = json.loads((repo / "metrics/chatml.json").read_text())
         assert label["labelled"] == chatml["rows_out"] and label["calibration_verdict"] == "PASS"
         assert label["tiers"].get("reject", 0) > 0 and label["tiers"].get("silver", 0) > 0, label["tiers"]
-        for name in ("synthesize", "calibration", "label"):
-            oracle = json.loads((repo / f"metrics/{name}.json").read_text())["oracle"]
-            assert oracle["backend"] == "claude" and oracle["calls"] > 0 and oracle["usd"] > 0, (name, oracle)
+        for name, stage in (("synthesize", "synthesize"), ("calibration", "calibrate"), ("label", "label")):
+            assert json.loads((repo / f"metrics/{name}.json").read_text())["oracle"]["backend"] == "claude"
+            oracle = run_facts(repo, stage)["oracle"]  # what this run paid: a run fact, not in the outputs
+            assert oracle["calls"] > 0 and oracle["usd"] > 0, (name, oracle)
             assert oracle["tokens_in"] > 0 and oracle["tokens_out"] > 0
-        assert sum(json.loads((repo / f"metrics/{n}.json").read_text())["oracle"]["calls"]
-                   for n in ("synthesize", "calibration", "label", "eval")) == first_calls
-        # one ledger: metrics/cost.json adds up every stage's bill, under the pipeline's ceiling
-        cost = json.loads((repo / "metrics/cost.json").read_text())
+        assert sum(run_facts(repo, n)["oracle"]["calls"]
+                   for n in ("synthesize", "calibrate", "label", "evaluate/all")) == first_calls
+        # one ledger: metrics/runs/cost.json adds up every stage's bill, under the pipeline's ceiling
+        cost = json.loads((repo / "metrics/runs/cost.json").read_text())
         assert cost["total"]["calls"] == first_calls and 0 < cost["total"]["usd"] <= cost["ceiling_usd"]
         assert cost["total"]["within_ceiling"] and all(s["within_ceiling"] for s in cost["stages"].values())
-        evaluation = json.loads((repo / "metrics/eval.json").read_text())
-        judge = evaluation["judge"]
+        evaluation = json.loads((repo / "metrics/eval/all.json").read_text())
+        judge, judge_calls = evaluation["judge"], run_facts(repo, "evaluate/all")["oracle"]["calls"]
         assert evaluation["oracle"]["backend"] == "claude" and judge["judged"] == judge["items"]
-        assert 0 < evaluation["oracle"]["calls"] <= 2 * (judge["items"] - judge["identical"]), (evaluation["oracle"], judge)
+        assert 0 < judge_calls <= 2 * (judge["items"] - judge["identical"]), (judge_calls, judge)
 
         # Forced again: every answer is in the cache, the server hears nothing.
         sh("dvc repro -f -s synthesize && dvc repro -f -s calibrate && dvc repro -f -s label", repo)
         assert len(server.calls("POST", "/v1/messages")) == first_calls
-        assert json.loads((repo / "metrics/label.json").read_text())["oracle"]["calls"] == 0
+        assert run_facts(repo, "label")["oracle"]["calls"] == 0
 
     # The key went only in the HTTP header: no artifact, lock, param or metric holds it.
     leaked = subprocess.run(["grep", "-rl", "--exclude-dir=.git", key, str(repo)], capture_output=True, text=True)

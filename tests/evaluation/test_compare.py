@@ -15,7 +15,7 @@ from slmforge.evaluation.generate import generate
 from slmforge.evaluation.metrics import format_ok, group_of, per_group, units_in
 from slmforge.evaluation.report import render
 from slmforge.io import UserError
-from slmforge.params import EvalParams, JudgeParams, VerdictParams
+from slmforge.params import EvalParams, JudgeParams, NumericsParams, VerdictParams
 
 UNITS = ["%", "days", "day", "weeks", "ms", "$", "USD"]
 
@@ -24,7 +24,9 @@ def params(metric: str = "rouge_l", **kw) -> EvalParams:
     return EvalParams(max_new_tokens=8, batch_size=4, max_test_items=0, max_probes=0, seed=0, abstain_markers=[],
                       units=UNITS, bootstrap=200, examples=3, judge=JudgeParams(True, 0, 0.5, 0.5),
                       verdict=VerdictParams(metric=metric, p_max=0.05, min_effect=0.3, min_improvement=0.15,
-                                            on_overfit="review"), **{"strip_think": True, **kw})
+                                            on_overfit="review"),
+                      numerics=NumericsParams(enabled=False, test_items=0), latency_queries=0,
+                      **{"strip_think": True, **kw})
 
 
 @pytest.mark.parametrize("pred,ref,expected", [

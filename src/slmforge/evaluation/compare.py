@@ -9,6 +9,7 @@ import math
 from collections import Counter
 from pathlib import Path
 
+from slmforge.evaluation import numerics
 from slmforge.evaluation.generate import generate, prompt_messages, reference, score_references
 from slmforge.evaluation.judge import judge_items, outcome_score
 from slmforge.evaluation.metrics import (aggregate, delta, format_ok, hallucinated, mean_or_nan, per_group,
@@ -199,9 +200,12 @@ def compare(*, test_rows: list[dict], probes: list[dict], model_params: ModelPar
                    f"{model_params.compute_dtype}|{'cuda' if torch.cuda.is_available() else 'cpu'}")
     base, base_items = evaluate_model(model, tokenizer, test_rows, probes, params, max_len, "base", (fingerprint, None),
                                       kwargs)
+    timed = test_rows or probes  # latency: wall-clock facts, returned apart from the result (metrics/latency/)
+    latency = {"base": numerics.latency(model, tokenizer, timed, params.max_new_tokens, params.latency_queries)}
     model = PeftModel.from_pretrained(model, str(adapter_dir))
     tuned, tuned_items = evaluate_model(model, tokenizer, test_rows, probes, params, max_len, "tuned",
                                         (fingerprint, adapter_sha(adapter_dir)), kwargs)
+    latency["tuned"] = numerics.latency(model, tokenizer, timed, params.max_new_tokens, params.latency_queries)
     del model
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -227,10 +231,15 @@ def compare(*, test_rows: list[dict], probes: list[dict], model_params: ModelPar
     per_metric, headline = statistics(items, params, judge_summary)
     over = overfitting(card.get("metrics", {}))
     headline = overfit_policy(headline, over, params.verdict.on_overfit)
+    if params.numerics.enabled:
+        rows = numerics.numerics_rows(test_rows, probes, params)
+        full = numerics.full_precision(model_params, base_dir, base_json, adapter_dir, rows, params, fingerprint,
+                                       adapter_sha(adapter_dir))
+        headline["numerics"] = numerics.numerics_summary(rows, items, full)
     result = {
         **headline, "base": base, "tuned": tuned, "delta": delta(base, tuned), "per_metric": per_metric,
         "per_source": per_group(items, BREAKDOWN), "overfitting": over,
-        "template_sha256": card["template_sha256"], "items": items,
+        "template_sha256": card["template_sha256"], "items": items, "latency": latency,
     }
     if oracle is not None:
         result.update(oracle.metrics())

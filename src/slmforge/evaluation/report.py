@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 
+from slmforge.evaluation import numerics
+
 # Per-item metrics in the table: name -> (label, higher is better).
 ROWS = {"rouge_l": ("ROUGE-L (test)", True), "nll": ("NLL per token of the reference (test)", False),
         "token_accuracy": ("token accuracy (test)", True), "judge": ("judge score (test; win 1, tie 0.5)", True),
@@ -96,6 +98,10 @@ def render(result: dict, n_examples: int = 10) -> str:
               f"{_num(o.get('last_eval_loss'))} (last - best {_num(o.get('last_minus_best_eval_loss'), '+.4f')}). "
               f"Loss on {o.get('train_once_rows')} training rows an epoch shows once (facts repeated by "
               f"train.origin_weights left out) {_num(o.get('train_once_loss'))}; gap {_num(o.get('train_eval_gap'), '+.3f')}."]
+    lines += numerics.render(result.get("numerics"))
+    lines += ["", "Generation latency per query (median, p95) and tokens/s, base and tuned, are wall-clock facts of the "
+              "machine: they are in `metrics/latency/<domain>.json` (`dvc metrics show`), not in this report, which "
+              "is a cached output and a function of the run's inputs only."]
     tests = [i for i in result["items"] if i["kind"] == "test"]
     probes = [i for i in result["items"] if i["kind"] == "probe"]
     lines += ["", f"## Test items side by side ({min(n_examples, len(tests))} of {len(tests)})", "",
