@@ -58,7 +58,9 @@ def repo(tmp_path_factory, tiny_hub) -> Path:
         shutil.copy2(ROOT / rel, repo / rel)
     stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
     for name, stage in stages.items():
-        keys = list(yaml.safe_load((repo / "params.yaml").read_text())["sources"]) if "foreach" in stage else [None]
+        params = yaml.safe_load((repo / "params.yaml").read_text())
+        # foreach over ${sources} (collect) or ${domains} (train, evaluate)
+        keys = list(params[stage["foreach"].strip("${}")]) if "foreach" in stage else [None]
         body = stage.get("do", stage)
         for key in keys:
             for entry in [*body.get("outs", []), *body.get("metrics", []), *body.get("deps", [])]:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from slmforge.io import UserError
-from slmforge.params import SECTIONS, SOURCE_PARAMS, build
+from slmforge.params import SECTIONS, SOURCE_PARAMS, DomainParams, build
 
 Check = Callable[[Any], bool]
 
@@ -158,9 +158,9 @@ def validate(data: dict, where: str = "params.yaml") -> None:
     """One UserError naming the first bad key of params (as composed) and what it may be; nothing when all is well."""
     if not isinstance(data, dict):
         raise UserError(f"{where}: expected a mapping of sections, got {type(data).__name__}")
-    unknown = sorted(set(data) - set(SECTIONS) - {"sources"})
+    unknown = sorted(set(data) - set(SECTIONS) - {"sources", "domains"})
     if unknown:
-        raise UserError(f"{where}: unknown section `{unknown[0]}` (sections: {', '.join([*SECTIONS, 'sources'])})")
+        raise UserError(f"{where}: unknown section `{unknown[0]}` (sections: {', '.join([*SECTIONS, 'sources', 'domains'])})")
     for name, cls in SECTIONS.items():
         if name not in data:
             raise UserError(f"{where}: missing section `{name}`: run `slmforge compose` (or `dvc exp run`)")
@@ -173,6 +173,11 @@ def validate(data: dict, where: str = "params.yaml") -> None:
         if kind not in SOURCE_PARAMS:
             raise UserError(f"{where}: sources.{name}.kind must be one of {', '.join(SOURCE_PARAMS)}, got {kind!r}")
         _build(SOURCE_PARAMS[kind], src, f"sources.{name}", where)
+    domains = data.get("domains") or {}
+    if not isinstance(domains, dict) or not domains:
+        raise UserError(f"{where}: no domain configured under `domains` (conf/domains/all.yaml: one adapter on every row)")
+    for name, domain in domains.items():
+        _build(DomainParams, domain, f"domains.{name}", where)
     for path, (ok, allowed) in RULES.items():
         for key, value in values(data, path):
             if not ok(value):
