@@ -18,7 +18,7 @@ help:
 
 # uv comes from PyPI if it is not on the machine; the install is locked (uv.lock) and reproducible.
 $(VENV)/.synced: pyproject.toml uv.lock
-	@command -v uv >/dev/null 2>&1 || python3 -m pip install --quiet --user "uv>=0.9"
+	@command -v uv >/dev/null 2>&1 || [ -x "$$HOME/.local/bin/uv" ] || python3 -m pip install --quiet --user "uv>=0.9"
 	PATH="$$HOME/.local/bin:$$PATH" uv sync --frozen --all-groups
 	@touch $@
 
