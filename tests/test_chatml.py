@@ -80,6 +80,6 @@ def test_the_stage_stops_in_one_line_when_no_record_becomes_a_chat_row(tmp_path,
     with pytest.raises(UserError) as info:
         main(["--kept", "kept.jsonl", "--synthetic", "pairs.jsonl", "--out", "all.jsonl",
               "--metrics", "m.json"])
-    assert str(info.value) == ("chatml: all 2 records were removed (kind_document 2); see chatml.kinds, "
-                               "chatml.max_tokens and chatml.overflow in conf/chatml/")
+    assert str(info.value) == ("chatml: all 2 records were removed (kind_document 2); see chatml.kinds in "
+                               "conf/chatml/")
     assert not (tmp_path / "all.jsonl").exists()

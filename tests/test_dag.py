@@ -99,7 +99,7 @@ def test_another_model_reruns_no_stage_up_to_split(repo, model):
     scorer) is out of date; no data stage, so the split's test items (and test_fingerprint) are the ones the first
     model was evaluated on."""
     changed, would_run = after(repo, f"model={model}", "base")
-    assert {"train", "evaluate", "train_scorer", "evaluate_scorer"} <= changed, changed
+    assert {"train@all", "evaluate@all", "train_scorer", "evaluate_scorer"} <= changed, changed
     assert not changed & DATA_STAGES and not would_run & DATA_STAGES, (changed, would_run)
     assert "base" not in changed
 

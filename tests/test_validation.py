@@ -62,7 +62,7 @@ def with_value(data: dict, key: str, value) -> dict:
     ("oracle.backend", "gpt", "oracle.backend is 'gpt'; it must be one of claude, local"),
     ("oracle.max_failure_share", 1.5, "oracle.max_failure_share is 1.5; it must be a number in [0, 1]"),
     ("eval.verdict.metric", "bleu", "eval.verdict.metric is 'bleu'; it must be one of rouge_l, nll"),
-    ("chatml.overflow", "wrap", "chatml.overflow is 'wrap'; it must be one of truncate, drop"),
+    ("eval.verdict.on_overfit", "ignore", "eval.verdict.on_overfit is 'ignore'; it must be one of report, review, fail"),
     ("label.drop_tiers", ["platinum"], "label.drop_tiers names 'platinum'; tiers are gold, silver, bronze, reject"),
     ("clean.rules.spam_patterns", ["(unclosed"], "clean.rules.spam_patterns.0 is '(unclosed'"),
     ("lora.rank", 4, "unknown key lora.rank (known: r, alpha, dropout, target_modules)"),
@@ -86,7 +86,8 @@ def test_an_override_reaches_validation_as_written(composed):
 @pytest.mark.parametrize("override, says", [
     ("lora.foo=1", "unknown key lora.foo: no `foo` under `lora` in conf/ (to add a new key on purpose, write "
                    "+lora.foo=...)"),
-    ("model=nope", "model=nope: no such option; conf/model/ has: llama32_3b, qwen25_1_5b, qwen3_8b, smollm2_135m"),
+    ("model=nope", "model=nope: no such option; conf/model/ has: gemma2_2b, llama32_1b, llama32_3b, mistral_nemo_12b, "
+                  "qwen25_1_5b, qwen3_8b, smollm2_135m"),
     ("sources=[nope]", "sources=nope: no such option; conf/sources/ has: apify, arxiv, files, hf, sample, stackexchange"),
     ("sources=[]", "no source configured"),
     ("train.lr=-1", "error: conf/ with train.lr=-1: train.lr is -1; it must be a number > 0"),

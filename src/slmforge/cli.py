@@ -251,7 +251,9 @@ def main(argv=None) -> None:
             model, tokenizer = load_served_model(load_params("model", args.params), args.base, args.pin, adapters)
             print(f"serving base + {len(adapters)} adapter(s) ({', '.join(adapters) or 'none'}) on "
                   f"http://{args.host}:{args.port}/v1", flush=True)
-            Server(build_app(model, tokenizer, list(adapters), args.max_tokens), args.host, args.port).server.run()
+            app = build_app(model, tokenizer, list(adapters), args.max_tokens,
+                            load_params("model", args.params).chat_template_kwargs)
+            Server(app, args.host, args.port).server.run()
         elif args.command == "export":
             from pathlib import Path
 

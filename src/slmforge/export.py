@@ -242,6 +242,7 @@ def export(*, params: ModelParams, base_dir: Path, base_json: Path, adapter_dir:
     if fmt not in ("merged", "gguf"):
         raise UserError(f"--format {fmt}: expected merged or gguf")
     rows = parity.parity_rows(test_rows, probes, n_test)
+    kw = params.chat_template_kwargs  # every prompt rendered as training and evaluate render it
     model, tokenizer, info = merged_model(params, base_dir, base_json, adapter_dir, source)
     info["name"] = name
     answers: dict[str, list[dict]] = {}
@@ -253,19 +254,19 @@ def export(*, params: ModelParams, base_dir: Path, base_json: Path, adapter_dir:
         # the folder as a user gets it, loaded with plain transformers
         model = AutoModelForCausalLM.from_pretrained(str(out_dir), dtype="auto").eval()
         tokenizer = AutoTokenizer.from_pretrained(str(out_dir))
-        answers["merged"] = parity.answer(model, tokenizer, rows, max_new_tokens, batch_size, "merged")
-        ids["merged"], eos["merged"] = parity.prompt_ids(tokenizer, rows), tokenizer.eos_token
+        answers["merged"] = parity.answer(model, tokenizer, rows, max_new_tokens, batch_size, "merged", template_kwargs=kw)
+        ids["merged"], eos["merged"] = parity.prompt_ids(tokenizer, rows, kw), tokenizer.eos_token
     else:
-        answers["merged"] = parity.answer(model, tokenizer, rows, max_new_tokens, batch_size, "merged (float32)")
-        ids["merged"], eos["merged"] = parity.prompt_ids(tokenizer, rows), tokenizer.eos_token
+        answers["merged"] = parity.answer(model, tokenizer, rows, max_new_tokens, batch_size, "merged (float32)", template_kwargs=kw)
+        ids["merged"], eos["merged"] = parity.prompt_ids(tokenizer, rows, kw), tokenizer.eos_token
         path = save_gguf(model, tokenizer, out_dir, info, base_json, tensor_type)
         del model
         model, gguf_tokenizer = load_gguf(path)
-        answers["gguf"] = parity.answer(model, gguf_tokenizer, rows, max_new_tokens, batch_size, "gguf")
-        ids["gguf"], eos["gguf"] = parity.prompt_ids(gguf_tokenizer, rows), gguf_tokenizer.eos_token
+        answers["gguf"] = parity.answer(model, gguf_tokenizer, rows, max_new_tokens, batch_size, "gguf", template_kwargs=kw)
+        ids["gguf"], eos["gguf"] = parity.prompt_ids(gguf_tokenizer, rows, kw), gguf_tokenizer.eos_token
     del model
     base_tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
-    ref_ids = parity.prompt_ids(base_tokenizer, rows)
+    ref_ids = parity.prompt_ids(base_tokenizer, rows, kw)
     reference = parity.reference_answers(params, base_dir, base_json, adapter_dir, rows, max_new_tokens, batch_size)
     artifacts = {k: parity.compare_artifact(reference, a, rows, ref_ids, ids[k], eos[k], base_tokenizer.eos_token)
                  for k, a in answers.items()}

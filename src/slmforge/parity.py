@@ -13,15 +13,17 @@ from slmforge.evaluation.metrics import probe_match
 from slmforge.params import ModelParams
 
 
-def prompt_ids(tokenizer, rows: list[dict]) -> list[list[int]]:
-    return [tokenizer.apply_chat_template(prompt_messages(r), add_generation_prompt=True, tokenize=True,
-                                          return_dict=False) for r in rows]
+def prompt_ids(tokenizer, rows: list[dict], template_kwargs: dict | None = None) -> list[list[int]]:
+    from slmforge.templates import render
+
+    return [render(tokenizer, prompt_messages(r), template_kwargs or {}, add_generation_prompt=True, tokenize=True)
+            for r in rows]
 
 
 def answer(model, tokenizer, rows: list[dict], max_new_tokens: int, batch_size: int, label: str,
-           cache_id=None) -> list[dict]:
+           cache_id=None, template_kwargs: dict | None = None) -> list[dict]:
     return generate(model, tokenizer, [prompt_messages(r) for r in rows], max_new_tokens, batch_size,
-                    desc=f"{label} generate", cache_id=cache_id)
+                    desc=f"{label} generate", cache_id=cache_id, template_kwargs=template_kwargs)
 
 
 def reference_answers(params: ModelParams, base_dir: Path, base_json: Path, adapter_dir: Path, rows: list[dict],
@@ -45,7 +47,7 @@ def reference_answers(params: ModelParams, base_dir: Path, base_json: Path, adap
                    f"{'cuda' if torch.cuda.is_available() else 'cpu'}|training-layout")
     model = PeftModel.from_pretrained(model, str(adapter_dir))
     out = answer(model, tokenizer, rows, max_new_tokens, batch_size, "reference (NF4 + adapter)",
-                 (fingerprint, adapter_sha(Path(adapter_dir))))
+                 (fingerprint, adapter_sha(Path(adapter_dir))), template_kwargs=params.chat_template_kwargs)
     del model
     return out
 

@@ -113,7 +113,8 @@ class RequestError(Exception):
         self.status, self.message, self.param, self.code = status, message, param, code
 
 
-def build_app(model, tokenizer, adapter_names: list[str], default_max_tokens: int = 512):
+def build_app(model, tokenizer, adapter_names: list[str], default_max_tokens: int = 512,
+              template_kwargs: dict | None = None):
     """The FastAPI app: transformers' ChatCompletionHandler behind our validation and model registry."""
     from fastapi import FastAPI
     from transformers.cli.serving.chat_completion import ChatCompletionHandler
@@ -184,8 +185,13 @@ def build_app(model, tokenizer, adapter_names: list[str], default_max_tokens: in
                 raise RequestError(400, f"messages[{i}] needs a role of system, user or assistant", "messages")
         if body.get("n") not in (None, 1):
             raise RequestError(400, "only n=1 is supported", "n")
-        prompt = tokenizer.apply_chat_template(handler.get_processor_inputs_from_messages(messages, _llm()),
-                                               add_generation_prompt=True, tokenize=True, return_dict=False)
+        # rendered as training rendered it: model.chat_template_kwargs, a system turn merged where the template has
+        # none (Gemma, Mistral), for the handler too
+        from slmforge.templates import fit_roles, render
+
+        body["messages"] = messages = fit_roles(messages, tokenizer, template_kwargs or {})
+        prompt = render(tokenizer, handler.get_processor_inputs_from_messages(messages, _llm()), template_kwargs or {},
+                        add_generation_prompt=True, tokenize=True)
         room = max_context - len(prompt)
         key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
         asked = body.get(key)

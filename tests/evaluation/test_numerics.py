@@ -25,16 +25,11 @@ def test_compare_reports_full_precision_sides_and_latency_apart(base_model, mode
 
     monkeypatch.setenv("SLMFORGE_CACHE", str(tmp_path / "cache"))
     adapter = make_adapter(base_model[0], tmp_path / "a", model_params, random_b=True, seed=3)
-    from transformers import AutoTokenizer
-
-    from slmforge.modeling import template_fingerprint
-
-    sha = template_fingerprint(AutoTokenizer.from_pretrained(str(adapter)))
     tests = [chat_row("t1", "What is a p-value?", "The probability of data at least as extreme under the null."),
              chat_row("t2", "What is power?", "The chance to detect a real effect.")]
     params = dataclasses.replace(eval_params(), max_new_tokens=6, numerics=NumericsParams(True, 1), latency_queries=2)
     result = compare(test_rows=tests, probes=[probe(1, "0.025")], model_params=model_params, params=params,
-                     max_len=128, base_dir=base_model[0], base_json=base_model[1], adapter_dir=adapter, chatml_sha=sha)
+                     max_len=128, base_dir=base_model[0], base_json=base_model[1], adapter_dir=adapter)
     numerics = result["numerics"]
     assert (numerics["probes"], numerics["test_items"]) == (1, 1)
     assert set(numerics["sides"]) == {"nf4", "nf4+adapter", "full", "full+adapter"}

@@ -184,10 +184,11 @@ def test_the_label_stage_exits_with_one_line_on_an_unknown_model(tmp_path):
         project = make_project(tmp_path, "oracle=claude", f"oracle.base_url={server.base_url}", "oracle.model=claude-nope")
         rows = [chat_row(f"r{k}", f"question {k}?", "an answer") for k in range(40)]
         (project / "chat.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-        (project / "calibration.json").write_text(json.dumps({"verdict": "PASS", "reasons": []}))
+        (project / "calibration.json").write_text(json.dumps({"verdict": "PASS", "reasons": [], "gold": None, "validation": {
+            "verdict": "PASS", "reasons": [], "overfit": False}}))
         server.fail_next(404, "not_found_error", message="model: claude-nope", times=1000)
-        proc = run_stage(project, "label", "--chatml", "chat.jsonl", "--calibration", "calibration.json", "--base",
-                         "none", "--pin", "none", "--cache", "cache", "--out", "labels.jsonl", "--failures",
+        proc = run_stage(project, "label", "--chatml", "chat.jsonl", "--calibration", "calibration.json",
+                         "--oracle-model", "none", "--oracle-pin", "none", "--cache", "cache", "--out", "labels.jsonl", "--failures",
                          "failures.jsonl", "--metrics", "label.json", ANTHROPIC_API_KEY="sk-ant-" + "x" * 30)
         calls = len(server.calls())
     errors = [line for line in error_lines(proc) if line.startswith("error:")]

@@ -201,11 +201,13 @@ def compare(*, test_rows: list[dict], probes: list[dict], model_params: ModelPar
     base, base_items = evaluate_model(model, tokenizer, test_rows, probes, params, max_len, "base", (fingerprint, None),
                                       kwargs)
     timed = test_rows or probes  # latency: wall-clock facts, returned apart from the result (metrics/latency/)
-    latency = {"base": numerics.latency(model, tokenizer, timed, params.max_new_tokens, params.latency_queries)}
+    latency = {"base": numerics.latency(model, tokenizer, timed, params.max_new_tokens, params.latency_queries,
+                                       kwargs)}
     model = PeftModel.from_pretrained(model, str(adapter_dir))
     tuned, tuned_items = evaluate_model(model, tokenizer, test_rows, probes, params, max_len, "tuned",
                                         (fingerprint, adapter_sha(adapter_dir)), kwargs)
-    latency["tuned"] = numerics.latency(model, tokenizer, timed, params.max_new_tokens, params.latency_queries)
+    latency["tuned"] = numerics.latency(model, tokenizer, timed, params.max_new_tokens, params.latency_queries,
+                                       kwargs)
     del model
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

@@ -40,11 +40,12 @@ def full_precision(model_params: ModelParams, base_dir: Path, base_json: Path, a
     model, tokenizer = load_base(full_params, base_dir, base_json)
     key = fingerprint.replace(f"4bit={model_params.load_in_4bit}|{model_params.compute_dtype}", "4bit=False|float32")
     convs = [prompt_messages(r) for r in rows]
+    kwargs = model_params.chat_template_kwargs
     base = generate(model, tokenizer, convs, params.max_new_tokens, params.batch_size, "full-precision base",
-                    cache_id=(key, None))
+                    cache_id=(key, None), template_kwargs=kwargs)
     model = PeftModel.from_pretrained(model, str(adapter_dir))
     tuned = generate(model, tokenizer, convs, params.max_new_tokens, params.batch_size, "full-precision tuned",
-                     cache_id=(key, adapter_key))
+                     cache_id=(key, adapter_key), template_kwargs=kwargs)
     return {"full": _side(base, rows), "full+adapter": _side(tuned, rows)}
 
 
@@ -84,21 +85,26 @@ def render(numerics: dict | None) -> list[str]:
     return lines
 
 
-def latency(model, tokenizer, rows: list[dict], max_new_tokens: int, n: int) -> dict:
+def latency(model, tokenizer, rows: list[dict], max_new_tokens: int, n: int, template_kwargs: dict | None = None) -> dict:
     """Wall-clock generation of n queries one at a time, as a server answers them (batch 1, greedy, KV cache, no
     generation cache), after one untimed warm-up query (one-time costs: kernels, 4-bit layouts, allocations)."""
     import numpy as np
     import torch
 
+    from slmforge.templates import render, stop_token_ids
+
+    kwargs = template_kwargs or {}
+    stops = stop_token_ids(model, tokenizer)  # an answer ends at its end-of-turn token, as generate's do
     convs = [prompt_messages(r) for r in rows[:n]]
     seconds, tokens = [], []
     with torch.no_grad():
         for i, conv in enumerate([*convs[:1], *convs]):
-            enc = tokenizer.apply_chat_template(conv, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-            enc = {k: v.to(model.device) for k, v in enc.items()}
+            ids = render(tokenizer, conv, kwargs, add_generation_prompt=True, tokenize=True)
+            enc = {"input_ids": torch.tensor([ids], device=model.device)}
+            enc["attention_mask"] = torch.ones_like(enc["input_ids"])
             start = time.perf_counter()
             out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
-                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=stops)
             if i:  # the first is the warm-up
                 seconds.append(time.perf_counter() - start)
                 tokens.append(int(out.shape[1] - enc["input_ids"].shape[1]))
