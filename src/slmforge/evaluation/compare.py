@@ -200,7 +200,7 @@ def compare(*, test_rows: list[dict], probes: list[dict], model_params: ModelPar
                    f"{model_params.compute_dtype}|{'cuda' if torch.cuda.is_available() else 'cpu'}")
     base, base_items = evaluate_model(model, tokenizer, test_rows, probes, params, max_len, "base", (fingerprint, None),
                                       kwargs)
-    timed = test_rows or probes  # latency: wall-clock facts, returned apart from the result (metrics/latency/)
+    timed = test_rows or probes  # latency: wall-clock facts, returned apart from the result (metrics/runs/latency/)
     latency = {"base": numerics.latency(model, tokenizer, timed, params.max_new_tokens, params.latency_queries,
                                        kwargs)}
     model = PeftModel.from_pretrained(model, str(adapter_dir))

@@ -116,7 +116,7 @@ def latency(model, tokenizer, rows: list[dict], max_new_tokens: int, n: int, tem
 
 
 def write_latency(path: str | Path, base: dict, tuned: dict) -> None:
-    """metrics/latency/<domain>.json: wall-clock facts of this machine, in a metric no stage depends on."""
+    """metrics/runs/latency/<domain>.json: wall-clock facts of this machine, a run fact no stage reads."""
     from slmforge.io import atomic_write_text
 
     ratio = (tuned["median_s"] / base["median_s"]) if base.get("median_s") and tuned.get("median_s") else None

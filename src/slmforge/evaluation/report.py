@@ -100,7 +100,7 @@ def render(result: dict, n_examples: int = 10) -> str:
               f"train.origin_weights left out) {_num(o.get('train_once_loss'))}; gap {_num(o.get('train_eval_gap'), '+.3f')}."]
     lines += numerics.render(result.get("numerics"))
     lines += ["", "Generation latency per query (median, p95) and tokens/s, base and tuned, are wall-clock facts of the "
-              "machine: they are in `metrics/latency/<domain>.json` (`dvc metrics show`), not in this report, which "
+              "machine: they are in `metrics/runs/latency/<domain>.json` (a run fact), not in this report, which "
               "is a cached output and a function of the run's inputs only."]
     tests = [i for i in result["items"] if i["kind"] == "test"]
     probes = [i for i in result["items"] if i["kind"] == "probe"]
