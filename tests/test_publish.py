@@ -20,7 +20,7 @@ from tests.test_cli import make_adapter
 @pytest.fixture(scope="module")
 def run_dir(base_model, model_params, tmp_path_factory) -> Path:
     """What a finished run leaves that publish reads: params.yaml with its domains, the pin, a stats adapter,
-    dvc.lock, metrics/split.json and metrics/eval/stats.json."""
+    dvc.lock, metrics/split.json, metrics/eval/stats.json and metrics/runs/cost.json."""
     root = Path(__file__).resolve().parents[1]
     run = tmp_path_factory.mktemp("run")
     shutil.copy(root / "params.yaml", run / "params.yaml")
@@ -49,7 +49,9 @@ def run_dir(base_model, model_params, tmp_path_factory) -> Path:
         "stats": {"n": 20, "relative_improvement": 1.0, "wilcoxon_p": 0.001}, "per_metric": {"rouge_l": metric},
         "base": {"probe_accuracy": 0.0, "perplexity": 60.0}, "tuned": {"probe_accuracy": 0.25, "perplexity": 40.0,
                                                                       "probes": 48},
-        "oracle": {"usd": 0.5, "calls": 10}}))
+        "oracle": {"backend": "claude"}}))
+    (run / "metrics/runs").mkdir()  # what the run paid: the cost stage's sum of the stages' run facts
+    (run / "metrics/runs/cost.json").write_text(json.dumps({"total": {"usd": 0.5, "calls": 10}}))
     return run
 
 

@@ -34,13 +34,11 @@ def lineage(lock_path: Path, domain: str) -> dict[str, dict[str, str]]:
     return out
 
 
-def _cost(metrics_dir: Path, eval_metrics: dict | None) -> dict:
-    usd, calls = 0.0, 0
-    for name in ("synthesize", "calibration", "label"):
-        oracle = (_json(metrics_dir / f"{name}.json") or {}).get("oracle") or {}
-        usd, calls = usd + oracle.get("usd", 0.0), calls + oracle.get("calls", 0)
-    judge = (eval_metrics or {}).get("oracle") or {}
-    return {"oracle_usd": round(usd + judge.get("usd", 0.0), 6), "oracle_calls": calls + judge.get("calls", 0)}
+def _cost(metrics_dir: Path, eval_metrics: dict | None = None) -> dict:
+    """What the oracle cost the run being published: the cost stage's sum over every stage's last run on this
+    machine (metrics/runs/cost.json, a run fact); zero calls and dollars when it is absent (answers pulled)."""
+    total = ((_json(metrics_dir / "runs" / "cost.json") or {}).get("total")) or {}
+    return {"oracle_usd": round(float(total.get("usd", 0.0)), 6), "oracle_calls": int(total.get("calls", 0))}
 
 
 def _num(x, fmt: str = ".4f") -> str:
