@@ -73,7 +73,7 @@ def test_whole_pipeline_through_the_claude_backend(repo, monkeypatch):
         monkeypatch.setenv("ANTHROPIC_BASE_URL", server.base_url)
         out = sh("dvc repro", repo).stdout
         first_calls = len(server.calls("POST", "/v1/messages"))
-        assert {"synthesize", "calibrate", "label", "split", "train", "evaluate"} <= set(ran(out))
+        assert {"synthesize", "calibrate", "label", "split", "train@all", "evaluate@all", "cost"} <= set(ran(out))
         calibration = json.loads((repo / "metrics/calibration.json").read_text())
         assert calibration["gate"] == "enforce" and calibration["verdict"] == "PASS", calibration["reasons"]
         assert calibration["gate_failures"] == [], calibration["gate_failures"]
@@ -95,7 +95,9 @@ def test_whole_pipeline_through_the_claude_backend(repo, monkeypatch):
         evaluation = json.loads((repo / "metrics/eval/all.json").read_text())
         judge, judge_calls = evaluation["judge"], run_facts(repo, "evaluate/all")["oracle"]["calls"]
         assert evaluation["oracle"]["backend"] == "claude" and judge["judged"] == judge["items"]
-        assert 0 < judge_calls <= 2 * (judge["items"] - judge["identical"]), (judge_calls, judge)
+        # each item judged in both orders through the API, except where the two answers are the same text (a tie
+        # without a call: the tiny profile's adapter often answers as its base does)
+        assert judge_calls == 2 * (judge["items"] - judge["identical"]), (judge_calls, judge)
 
         # Forced again: every answer is in the cache, the server hears nothing.
         sh("dvc repro -f -s synthesize && dvc repro -f -s calibrate && dvc repro -f -s label", repo)
