@@ -52,10 +52,10 @@ def report_markdown(result: dict) -> str:
     out += [f"- gold ({gold['file']}, {gold['n']} rows labelled by both): {gold['verdict']}: "
             + "; ".join(_cell(r) for r in gold["reasons"]) if gold else
             "- gold: no gold file (calibration.gold is null): agreement with people is not part of the gate"]
-    o = result.get("oracle") or {}
-    out += ["", f"Oracle: {result.get('backend')} / {result.get('model')}; {o.get('calls', 0)} calls, "
-                f"{o.get('cache_hits', 0)} answers from the cache, ${o.get('usd', 0.0):.4f} paid, "
-                f"${o.get('usd_saved', 0.0):.4f} saved by the cache."]
+    # calls, cache hits and dollars are facts of the run (none when every answer was cached), not of its inputs:
+    # they are in metrics/runs/calibrate.json and reports/cost.md, never in this cached report
+    out += ["", f"Oracle: {result.get('backend')} / {result.get('model')}; its calls and cost this run: "
+                "`metrics/runs/calibrate.json`, reports/cost.md."]
 
     out += ["", "## Measures", "", "| measure | " + " | ".join(n for n, _ in sides) + " |",
             "|---|" + "---|" * len(sides)]

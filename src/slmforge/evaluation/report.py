@@ -84,9 +84,10 @@ def render(result: dict, n_examples: int = 10) -> str:
                   f"order-verdicts (50% is no position bias). Sign test p {_p(j.get('sign_test_p'))}. "
                   + ("The judge's win rate is part of the verdict." if j.get("in_verdict") else
                      "**The judge is left out of the verdict** (see the reasons above).")
-                  + (f" Oracle: {oc['calls']} calls, {oc['cache_hits']} answers from the cache, ${oc['usd']:.4f} paid, "
-                     f"${oc.get('usd_saved', 0.0):.4f} saved by the cache (reports/cost.md has the whole pipeline)."
-                     if (oc := result.get("oracle")) else "")]
+                  # what the judge's calls cost is a fact of the run (none when its answers were cached), not of its
+                  # inputs: in metrics/runs/evaluate/ and reports/cost.md, never in this cached report
+                  + (f" Judge: {oc.get('backend')} / {oc.get('model')}; its calls and cost this run: "
+                     "`metrics/runs/evaluate/<domain>.json`, reports/cost.md." if (oc := result.get("oracle")) else "")]
     lines += ["", "## By source", "", "| source | n | metric | base | tuned |", "|---|---:|---|---:|---:|"]
     for group, entry in result["per_source"].items():
         for key in entry["base"]:
