@@ -606,7 +606,8 @@ def test_s3_remote_push_pull_and_a_teammate_restores_every_stage_from_the_run_ca
     assert not (mate / "dvc.lock").exists() and not (mate / "models").exists()
     sh(add.format("--local", "--local"), mate)  # that commit predates the shared remote
     out = sh("dvc repro --pull", mate, store=store, extra_env=env, timeout=1200)
-    assert ran(out.stdout) == [], out.stdout[-3000:]
+    # only cost runs: it declares no output (its figures are run facts), so the run-cache has nothing to restore
+    assert set(ran(out.stdout)) <= {"cost"}, out.stdout[-3000:]
     restored = [line.split("'")[1] for line in out.stdout.splitlines() if "is cached - skipping run" in line]
     # cost declares no output (it writes run facts only): nothing to restore, it runs again in a second
     assert sorted(set(restored) - {"cost"}) == sorted(["check_params", "collect@files", "collect@sample", "base",
@@ -622,7 +623,7 @@ def test_s3_remote_push_pull_and_a_teammate_restores_every_stage_from_the_run_ca
     # are pulled, train and evaluate come from the run-cache.
     sh("git checkout -q -f - && git config user.email t@t && git config user.name t", mate)
     out = sh("dvc exp run --pull -S lora.r=4 -S train.lr=1e-4", mate, store=store, extra_env=env, timeout=1200)
-    assert ran(out.stdout) == [], out.stdout[-3000:]
+    assert set(ran(out.stdout)) <= {"cost"}, out.stdout[-3000:]
     assert set(DOMAIN_STAGES) <= {line.split("'")[1] for line in out.stdout.splitlines()
                                     if "is cached - skipping run" in line}, out.stdout[-3000:]
     assert json.loads((mate / "models/adapters/stats/adapter_config.json").read_text())["r"] == 4
