@@ -40,7 +40,7 @@ def test_compare_reports_full_precision_sides_and_latency_apart(base_model, mode
         assert latency[side]["queries"] == 2 and 0 < latency[side]["median_s"] <= latency[side]["p95_s"]
         assert latency[side]["tokens_per_s"] > 0 and latency[side]["mean_new_tokens"] <= 6
     report = render_report(result, 2)
-    assert "## Numerics" in report and "full precision: + adapter" in report and "metrics/latency/" in report
+    assert "## Numerics" in report and "full precision: + adapter" in report and "metrics/runs/latency/" in report
 
 
 def test_a_domain_selects_by_origin_source_tag_and_field():
