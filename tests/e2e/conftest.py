@@ -15,8 +15,9 @@ further, the way a user's session goes, and builds the steps before it when a te
 A step changes what the steps before it left (after `retrained` the first run's metrics are gone), so the modules
 run in file-name order, which is what `pytest tests/e2e` does: test_claude_pipeline.py (a repository of its own),
 test_pipeline.py (first_repro, then retrained), test_queue.py (sweep, then two workers), test_remote.py (push and
-pull to a local remote, then an S3 remote that becomes the default). A single test (`pytest
-tests/e2e/test_queue.py::test_x`) builds only the steps it needs.
+pull to a local remote, then an S3 remote that becomes the default). Within a module the tests that change the
+repository come after those that read it. No step is undone, so pass modules to pytest in that order, never
+another. A single test (`pytest tests/e2e/test_queue.py::test_x`) builds only the steps it needs.
 """
 
 from __future__ import annotations
@@ -196,6 +197,7 @@ def first_repro(tmp_path_factory) -> tuple[Path, str]:
 
 @pytest.fixture(scope="session")
 def repo(first_repro) -> Path:
+    """The repository's folder (top/repo; the answer store, clones and remotes go beside it in top/)."""
     return first_repro[0]
 
 
