@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.e2e.test_pipeline import ROOT, copy_project, ran, run_facts, sh
+from tests.e2e.conftest import ROOT, copy_project, ran, run_facts, sh
 from tests.oracle.messages_server import _text_of, running_messages_server
 
 pytestmark = pytest.mark.slow
