@@ -9,7 +9,7 @@ from collections import Counter
 from slmforge.oracle.client import Oracle
 from slmforge.oracle.prompts import synth_request
 from slmforge.params import SynthesizeParams
-from slmforge.split import _norm  # the same question key split groups exact duplicates by
+from slmforge.row_identity import question_key  # the same question key split groups exact duplicates by
 
 
 def citation(doc: dict) -> dict:
@@ -44,7 +44,7 @@ def synthesize(records: list[dict], oracle: Oracle, params: SynthesizeParams) ->
         cite = citation(doc)
         for k, qa in enumerate(ans["pairs"]):
             question, answer = qa["question"].strip(), qa["answer"].strip()
-            key = _norm(question)
+            key = question_key(question)
             if key in seen:  # the same question twice (a small model often repeats itself) teaches nothing
                 dropped["duplicate_question"] += 1
                 continue
