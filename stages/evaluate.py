@@ -11,10 +11,10 @@ from pathlib import Path
 
 from slmforge.cost import load_cost_params, parse_spent, stage_budget
 from slmforge.domains import select_split
-from slmforge.evaluation.compare import compare, json_safe, plot_rows
+from slmforge.evaluation.compare import compare, plot_rows
 from slmforge.evaluation.numerics import write_latency
 from slmforge.evaluation.report import render
-from slmforge.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl, write_run_facts
+from slmforge.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, json_safe, read_jsonl, write_run_facts
 from slmforge.oracle.client import open_oracle, split_run_facts
 from slmforge.params import check_params_fresh, load_domain_params, load_params
 from slmforge.runner import run

@@ -8,8 +8,7 @@ import argparse
 import json
 from pathlib import Path
 
-from slmforge.evaluation.compare import json_safe
-from slmforge.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl
+from slmforge.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, json_safe, read_jsonl
 from slmforge.params import check_params_fresh, load_params
 from slmforge.runner import run
 from slmforge.scorer_eval import evaluate, mean_baseline, plot_rows, report_markdown
