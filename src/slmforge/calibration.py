@@ -245,6 +245,13 @@ def check_gate(result: dict, gate: str) -> list[str]:
     return failures
 
 
+def open_gate(result: dict, gate: str, backend: str) -> tuple[str, list[str]]:
+    """(the gate in force for calibration.gate on this backend, the failing parts it lets through): under
+    `enforce` a failing part stops labelling here, in one line, before any model loads or any call is made."""
+    gate = effective_gate(gate, backend)
+    return gate, check_gate(result, gate)
+
+
 def _subset(sample: list[dict], params: CalibrationParams) -> list[dict]:
     return sorted(sample, key=lambda r: stable_hash(f"repeat:{params.seed}", r["id"]))[:params.self_consistency_n]
 

@@ -31,6 +31,16 @@ def synth_requests(records: list[dict], params: SynthesizeParams, max_tokens: in
             for d in documents(records, params)[0]]
 
 
+def has_documents(records: list[dict]) -> bool:
+    return any(r.get("kind") == "document" for r in records)
+
+
+def no_document_metrics() -> dict:
+    """The metrics of a run with no document to ask about: no oracle opened, no model loaded, no call made."""
+    return {"documents": 0, "pairs": 0,
+            "oracle": {"calls": 0, "cache_hits": 0, "tokens_in": 0, "tokens_out": 0, "usd": 0.0}}
+
+
 def synthesize(records: list[dict], oracle: Oracle, params: SynthesizeParams) -> tuple[list[dict], dict]:
     """Pair records made from every `document` record (none: an empty list, and the stage passes through)."""
     docs, skipped = documents(records, params)
