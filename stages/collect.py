@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 
 from slmforge.io import atomic_write_json, atomic_write_jsonl, write_run_facts
 from slmforge.params import check_params_fresh, load_source_params
+from slmforge.row_identity import origin_of
 from slmforge.runner import run
 from slmforge.sources import COLLECTORS
 
@@ -40,7 +41,7 @@ def main(argv=None):
     atomic_write_json(args.metrics, {
         "records": len(records), "quarantined": len(quarantine),
         "by_kind": dict(Counter(r["kind"] for r in records)),
-        "by_origin": dict(sorted(Counter(r["meta"].get("origin", r["source"]) for r in records).items())),
+        "by_origin": dict(sorted(Counter(origin_of(r) for r in records).items())),
         "source": stats,
     })
     write_run_facts(args.run_facts, {"stage": f"collect@{args.source}", "run_id": run_id,

@@ -1,7 +1,7 @@
 """Stage `evaluate`: tuned against base on the test split and the held-out fact probes: per-item metrics, the
 oracle's pairwise judge, paired statistics and a verdict DEPLOY / REVIEW / FAIL.
 
-Run: dvc repro evaluate@DOMAIN   (python -m stages.evaluate --domain all --split-dir data/split ...)
+Run: dvc repro evaluate@DOMAIN   (python -m stages.evaluate --domain all --test data/split/test.jsonl ...)
 One stage per domain (dvc.yaml foreach over `domains`): the domain's test items and probes, its own adapter.
 """
 
@@ -11,10 +11,10 @@ from pathlib import Path
 
 from slmforge.cost import load_cost_params, parse_spent, stage_budget
 from slmforge.domains import select_split
-from slmforge.evaluation.compare import compare, json_safe, plot_rows
+from slmforge.evaluation.compare import compare, plot_rows
 from slmforge.evaluation.numerics import write_latency
 from slmforge.evaluation.report import render
-from slmforge.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl, write_run_facts
+from slmforge.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, json_safe, read_jsonl, write_run_facts
 from slmforge.oracle.client import open_oracle, split_run_facts
 from slmforge.params import check_params_fresh, load_domain_params, load_params
 from slmforge.runner import run
@@ -23,7 +23,8 @@ from slmforge.runner import run
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--domain", required=True, help="a key of `domains` in params.yaml: which rows, which adapter")
-    ap.add_argument("--split-dir", required=True)
+    ap.add_argument("--test", required=True, help="data/split/test.jsonl")
+    ap.add_argument("--probes", required=True, help="data/split/probes.jsonl (the held-out fact phrasings)")
     ap.add_argument("--base", required=True)
     ap.add_argument("--pin", required=True)
     ap.add_argument("--adapter", required=True)
@@ -46,8 +47,7 @@ def main(argv=None):
     budget = stage_budget("evaluate", cost_params, parse_spent(args.spent), [])
     oracle = open_oracle(cost_params.oracle, args.cache, args.oracle_model, args.oracle_pin, budget) if params.judge.enabled else None
     Path(args.cache).mkdir(parents=True, exist_ok=True)  # an output even with the judge off (then empty)
-    split = Path(args.split_dir)
-    rows = select_split({"test": read_jsonl(split / "test.jsonl"), "probes": read_jsonl(split / "probes.jsonl")},
+    rows = select_split({"test": read_jsonl(args.test), "probes": read_jsonl(args.probes)},
                         args.domain, load_domain_params(args.domain))
     result = compare(
         test_rows=rows["test"], probes=rows["probes"],

@@ -7,13 +7,12 @@ Run: dvc repro label   (python -m stages.label --chatml data/chatml/all.jsonl --
 import argparse
 import json
 import sys
-from collections import Counter
 from pathlib import Path
 
-from slmforge.calibration import check_gate, effective_gate
+from slmforge.calibration import open_gate
 from slmforge.cost import attach_budget, load_cost_params, parse_spent
 from slmforge.io import atomic_write_json, atomic_write_jsonl, read_jsonl, write_run_facts
-from slmforge.labeling import label_metrics, label_rows
+from slmforge.labeling import label_metrics, label_rows, labels_file, removed_by_label
 from slmforge.oracle.client import open_oracle, split_run_facts
 from slmforge.params import check_params_fresh, load_params
 from slmforge.runner import require_records, run
@@ -36,23 +35,18 @@ def main(argv=None):
     params, cost_params = load_params("label"), load_cost_params()
     rubric, oracle_params = cost_params.rubric, cost_params.oracle
     cal = json.loads(Path(args.calibration).read_text())
-    gate = effective_gate(cost_params.calibration.gate, oracle_params.backend)
-    failures = check_gate(cal, gate)  # enforce: stops here, in one line, before any model or call
+    gate, failures = open_gate(cal, cost_params.calibration.gate, oracle_params.backend)
     for line in failures:
         print(f"warning: label: calibration gate (calibration.gate={gate}): {line}", file=sys.stderr)
     oracle = open_oracle(oracle_params, args.cache, args.oracle_model, args.oracle_pin)
     rows = read_jsonl(args.chatml)
     attach_budget(oracle, "label", cost_params, parse_spent(args.spent), rows=rows)
     labels, failed = label_rows(rows, oracle, rubric, params.drop_tiers, batch=oracle_params.batch)
-    # A row the oracle could not label is kept, marked and dropped from training: nothing is lost silently.
-    out = [labels.get(r["id"]) or {"id": r["id"], "scores": {}, "overall": None, "tier": "unlabelled",
-                                  "dropped": True, "oracle": None} for r in rows]
     metrics = {**label_metrics(labels, failed, len(rows)), "gate": gate, "calibration_verdict": cal["verdict"],
                "gate_failures": failures, **oracle.metrics()}
-    removed = Counter(f"tier {lab['tier']} (label.drop_tiers)" for lab in labels.values() if lab["dropped"])
-    require_records("label", metrics["labelled"] - metrics["dropped"], len(rows), {**removed, "failed": len(failed)},
+    require_records("label", metrics["labelled"] - metrics["dropped"], len(rows), removed_by_label(labels, failed),
                     f"label.drop_tiers={params.drop_tiers} drops every labelled row; see metrics/calibration.json")
-    atomic_write_jsonl(args.out, out)
+    atomic_write_jsonl(args.out, labels_file(rows, labels))
     atomic_write_jsonl(args.failures, oracle.failures)
     metrics, facts = split_run_facts(metrics)
     atomic_write_json(args.metrics, metrics)

@@ -1,11 +1,10 @@
 """Stage `split`: train/val/test stratified by source and oracle tier, fact probes held out, leakage gated.
 
 Run: dvc repro split   (python -m stages.split --chatml data/chatml/all.jsonl --labels data/labels/labels.jsonl
-                         --out-dir data/split --metrics metrics/split.json)
+                         --train data/split/train.jsonl --val ... --test ... --probes ... --metrics metrics/split.json)
 """
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 
@@ -22,7 +21,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--chatml", required=True)
     ap.add_argument("--labels", required=True)
-    ap.add_argument("--out-dir", required=True)
+    for name in ("train", "val", "test", "probes"):  # the files of the split, as dvc.yaml names them
+        ap.add_argument(f"--{name}", required=True)
     ap.add_argument("--metrics", required=True)
     args = ap.parse_args(argv)
     check_params_fresh()
@@ -43,7 +43,7 @@ def main(argv=None):
     require_records("split", len(splits["train"]), metrics["rows_in"], removed,
                     "nothing is left to train on: empty label.drop_tiers, or look at metrics/label.json")
     for name, split_rows in splits.items():
-        atomic_write_jsonl(Path(args.out_dir) / f"{name}.jsonl", split_rows)
+        atomic_write_jsonl(getattr(args, name), split_rows)
     atomic_write_json(args.metrics, metrics)
     leak = metrics["leakage"]
     print("split: " + ", ".join(f"{k}={v}" for k, v in metrics["counts"].items())

@@ -10,7 +10,7 @@ from slmforge.io import atomic_write_json, atomic_write_jsonl, read_jsonl, write
 from slmforge.oracle.client import open_oracle, split_run_facts
 from slmforge.params import check_params_fresh, load_params
 from slmforge.runner import run
-from slmforge.synthesis import synthesize
+from slmforge.synthesis import has_documents, no_document_metrics, synthesize
 
 
 def main(argv=None):
@@ -29,10 +29,8 @@ def main(argv=None):
     params, cost_params = load_params("synthesize"), load_cost_params()
     oracle_params = cost_params.oracle
     records = read_jsonl(args.kept)
-    if not any(r.get("kind") == "document" for r in records):  # nothing to ask: no model is loaded
-        pairs, metrics = [], {"documents": 0, "pairs": 0, "oracle": {"calls": 0, "cache_hits": 0, "tokens_in": 0,
-                                                                    "tokens_out": 0, "usd": 0.0}}
-        oracle = None
+    if not has_documents(records):  # nothing to ask: no model is loaded
+        pairs, metrics, oracle = [], no_document_metrics(), None
     else:
         oracle = open_oracle(oracle_params, args.cache, args.oracle_model, args.oracle_pin)
         attach_budget(oracle, "synthesize", cost_params, parse_spent(args.spent), records=records)

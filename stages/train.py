@@ -1,6 +1,6 @@
 """Stage `train`: QLoRA fine-tuning of the base model on the train split, early-stopped on val.
 
-Run: dvc repro train@DOMAIN   (python -m stages.train --domain all --split-dir data/split --adapter models/adapters/all ...)
+Run: dvc repro train@DOMAIN   (python -m stages.train --domain all --train data/split/train.jsonl --adapter models/adapters/all ...)
 One stage per domain (dvc.yaml foreach over `domains`): the domain's rows of the shared split, its own adapter.
 Checkpoints live in --checkpoints, which is not a DVC output, so a killed run resumes on the next repro.
 With train.distributed set, it runs itself again through `accelerate launch --config_file conf/accelerate/NAME.yaml`.
@@ -23,7 +23,8 @@ from slmforge.training import train
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--domain", required=True, help="a key of `domains` in params.yaml: which rows it trains on")
-    ap.add_argument("--split-dir", required=True)
+    ap.add_argument("--train", required=True, help="data/split/train.jsonl")
+    ap.add_argument("--val", required=True, help="data/split/val.jsonl")
     ap.add_argument("--base", required=True)
     ap.add_argument("--pin", required=True)
     ap.add_argument("--adapter", required=True)
@@ -36,8 +37,7 @@ def main(argv=None):
     code = relaunch(params.distributed, "stages.train", sys.argv[1:] if argv is None else list(argv))
     if code is not None:  # the launched processes did the work
         sys.exit(code)
-    split = Path(args.split_dir)
-    files = [split / "train.jsonl", split / "val.jsonl"]
+    files = [Path(args.train), Path(args.val)]
     domain = load_domain_params(args.domain)
     rows = select_split({"train": read_jsonl(files[0]), "val": read_jsonl(files[1])}, args.domain, domain)
     # the checkpoints of one selection of rows: a changed selection never resumes from another's

@@ -1,7 +1,7 @@
 """Stage `train_scorer`: the student scorer (base model + regression head, LoRA on a 4-bit base) trained on the
 oracle's labels of the train split, keeping the checkpoint with the best validation MSE.
 
-Run: dvc repro train_scorer   (python -m stages.train_scorer --split-dir data/split --labels data/labels/labels.jsonl ...)
+Run: dvc repro train_scorer   (python -m stages.train_scorer --train data/split/train.jsonl --labels data/labels/labels.jsonl ...)
 """
 
 import argparse
@@ -15,7 +15,8 @@ from slmforge.scoring import train_scorer
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--split-dir", required=True)
+    ap.add_argument("--train", required=True, help="data/split/train.jsonl")
+    ap.add_argument("--val", required=True, help="data/split/val.jsonl")
     ap.add_argument("--labels", required=True)
     ap.add_argument("--base", required=True)
     ap.add_argument("--pin", required=True)
@@ -25,10 +26,9 @@ def main(argv=None):
     ap.add_argument("--run-facts", default=None, help="(optional) this run's time (git-ignored, read by no stage)")
     args = ap.parse_args(argv)
     check_params_fresh()
-    split = Path(args.split_dir)
     labels = {lab["id"]: lab for lab in read_jsonl(args.labels)}
     summary = train_scorer(
-        train_rows=read_jsonl(split / "train.jsonl"), val_rows=read_jsonl(split / "val.jsonl"), labels=labels,
+        train_rows=read_jsonl(args.train), val_rows=read_jsonl(args.val), labels=labels,
         rubric=load_params("rubric"), model_params=load_params("model"), params=load_params("scorer"),
         base_dir=Path(args.base), base_json=Path(args.pin), out_dir=Path(args.out),
         metrics_dir=Path(args.metrics_dir), checkpoint_dir=Path(args.checkpoints),

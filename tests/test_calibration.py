@@ -9,7 +9,7 @@ import yaml
 from scipy import stats
 from sklearn.metrics import cohen_kappa_score
 
-from slmforge.calibration import assign_stratum, draw_sample, keyword_hits, measure, overfit, verdict
+from slmforge.calibration import assign_stratum, draw_sample, keyword_hits, measure, open_gate, overfit, verdict
 from slmforge.gold import agreement, gold_overall, load_gold, quadratic_kappa
 from slmforge.calibration_report import report_markdown
 from slmforge.io import UserError
@@ -283,3 +283,24 @@ def test_report_leads_with_the_verdict_and_quotes_the_worst():
     assert "> question o3" in md and "`n1` (on_topic, error)" in md
     assert "| false positive rate (off-topic scored high) | 0.500 | 0.500 |" in md
     assert "No gold file" in report_markdown({**result, "agreement": None, "validation": None})
+
+
+def gate_result(verdict_: str) -> dict:
+    return {"verdict": verdict_, "reasons": ["false negative rate 1.000 > 0.3"],
+            "validation": {"verdict": "PASS", "reasons": [], "overfit": False}, "gold": None}
+
+
+@pytest.mark.parametrize(("gate", "backend", "in_force"), [("auto", "claude", "enforce"), ("auto", "local", "warn"),
+                                                           ("warn", "claude", "warn"), ("enforce", "local", "enforce")])
+def test_open_gate_passes_a_pass_under_every_gate(gate, backend, in_force):
+    assert open_gate(gate_result("PASS"), gate, backend) == (in_force, [])
+
+
+def test_open_gate_warns_under_warn_and_stops_in_one_line_under_enforce():
+    gate, failures = open_gate(gate_result("FAIL"), "auto", "local")
+    assert gate == "warn" and failures == ["calibration FAIL (false negative rate 1.000 > 0.3)"]
+    with pytest.raises(UserError, match=r"^label: the calibration gate is closed \(calibration.gate=enforce\): "
+                                        r"calibration FAIL"):
+        open_gate(gate_result("FAIL"), "auto", "claude")
+    with pytest.raises(UserError, match="calibration.gate must be auto, enforce or warn"):
+        open_gate(gate_result("PASS"), "always", "local")

@@ -20,8 +20,8 @@ from slmforge.distributed import launch_command, relaunch
 from slmforge.io import UserError
 
 BIN = Path(sys.executable).parent
-STAGE_ARGS = ["--domain", "all", "--split-dir", "data/split", "--base", "models/base", "--pin", "models/base.json",
-              "--adapter", "models/adapter", "--metrics-dir",
+STAGE_ARGS = ["--domain", "all", "--train", "data/split/train.jsonl", "--val", "data/split/val.jsonl",
+              "--base", "models/base", "--pin", "models/base.json", "--adapter", "models/adapter", "--metrics-dir",
               "metrics/train", "--checkpoints", "checkpoints/train", "--run-facts", "metrics/runs/train.json"]
 
 
@@ -105,7 +105,7 @@ def test_two_cpu_processes_train_one_adapter(project):
 
 
 def test_a_rank_that_fails_fails_the_stage_with_its_one_line(project):
-    proc = run_stage(project, *[a if a != "data/split" else "data/missing" for a in STAGE_ARGS])
+    proc = run_stage(project, *[a.replace("data/split", "data/missing") for a in STAGE_ARGS])
     assert proc.returncode != 0
     assert "error: data/missing/train.jsonl: file not found" in proc.stderr, proc.stderr[-2000:]
 

@@ -1,10 +1,11 @@
 """Tolerant JSONL reading with a quarantine, and atomic writes that leave nothing half-written."""
 
+import json
 import os
 
 import pytest
 
-from slmforge.io import UserError, atomic_dir, atomic_write_jsonl, atomic_write_text, read_jsonl
+from slmforge.io import UserError, atomic_dir, atomic_write_jsonl, atomic_write_text, json_safe, read_jsonl
 
 
 def test_bad_lines_go_to_quarantine_with_line_and_reason(tmp_path):
@@ -52,3 +53,9 @@ def test_atomic_dir_replaces_whole_or_not_at_all(tmp_path):
             raise RuntimeError("killed")
     assert sorted(os.listdir(target)) == ["a.txt"]
     assert sorted(os.listdir(tmp_path)) == ["model"]
+
+
+def test_json_safe_writes_nan_as_null_at_any_depth_and_leaves_the_rest():
+    safe = json_safe({"a": float("nan"), "b": [1.0, float("nan")], "c": {"d": "x", "e": [{"f": float("nan")}]}})
+    assert json.dumps(safe, allow_nan=False) == '{"a": null, "b": [1.0, null], "c": {"d": "x", "e": [{"f": null}]}}'
+    assert json_safe(float("inf")) == float("inf") and json_safe("nan") == "nan"

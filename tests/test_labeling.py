@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from slmforge.io import UserError
-from slmforge.labeling import check_rubric, label_metrics, label_rows, overall_score, tier_of
+from slmforge.labeling import (check_rubric, label_metrics, label_rows, labels_file, overall_score, removed_by_label,
+                               tier_of)
 from slmforge.oracle.cache import AnswerCache
 from slmforge.oracle.client import Oracle
 from slmforge.oracle.prompts import prompt_sha, rubric_system
@@ -173,3 +174,19 @@ def test_no_rows_no_calls(rubric, tmp_path):
     labels, failed = label_rows([], oracle(tmp_path, backend), rubric, drop_tiers=[])
     assert labels == {} and failed == [] and backend.calls == 0
     assert label_metrics(labels, failed, 0)["mean_overall"] is None
+
+
+def test_labels_file_has_one_label_per_row_in_row_order_and_marks_the_unlabelled_dropped():
+    labels = {"b": {"id": "b", "tier": "good", "dropped": False}, "c": {"id": "c", "tier": "reject", "dropped": True}}
+    out = labels_file([{"id": "c"}, {"id": "a"}, {"id": "b"}], labels)
+    assert [lab["id"] for lab in out] == ["c", "a", "b"]
+    assert out[0] is labels["c"] and out[2] is labels["b"]
+    assert out[1] == {"id": "a", "scores": {}, "overall": None, "tier": "unlabelled", "dropped": True, "oracle": None}
+
+
+def test_removed_by_label_counts_each_dropped_tier_and_the_failures():
+    labels = {k: {"id": k, "tier": t, "dropped": d} for k, t, d in
+              [("a", "reject", True), ("b", "reject", True), ("c", "weak", True), ("d", "good", False)]}
+    assert removed_by_label(labels, ["e"]) == {"tier reject (label.drop_tiers)": 2, "tier weak (label.drop_tiers)": 1,
+                                              "failed": 1}
+    assert removed_by_label({}, []) == {"failed": 0}

@@ -70,7 +70,8 @@ def test_stage_exits_with_one_line_on_stale_params(project_copy):
     lora = project_copy / "conf" / "lora" / "r16.yaml"
     lora.write_text(lora.read_text().replace("r: 16", "r: 12"))
     env = {k: v for k, v in os.environ.items() if k != "DVC_EXP_NAME"}
-    proc = subprocess.run([sys.executable, "-m", "stages.split", "--chatml", "x", "--labels", "l", "--out-dir", "y",
+    proc = subprocess.run([sys.executable, "-m", "stages.split", "--chatml", "x", "--labels", "l",
+                           "--train", "y/train.jsonl", "--val", "y/val.jsonl", "--test", "y/test.jsonl", "--probes", "y/probes.jsonl",
                            "--metrics", "z"],
                           cwd=project_copy, env=env, capture_output=True, text=True)
     assert proc.returncode == 1, proc.stderr

@@ -252,6 +252,11 @@ def test_leakage_gate_follows_chains_and_moves_whole_duplicate_groups():
     assert (m["leakage"]["moved_test"], m["leakage"]["moved_val"]) == (1, 2)
 
 
+def out_args(folder: str) -> list[str]:
+    """The stage's four output files, named as dvc.yaml names them (in `folder`)."""
+    return [arg for name in ("train", "val", "test", "probes") for arg in (f"--{name}", f"{folder}/{name}.jsonl")]
+
+
 def test_stage_writes_splits_and_metrics(tmp_path, monkeypatch, root, capsys):
     from stages.split import main
 
@@ -262,7 +267,7 @@ def test_stage_writes_splits_and_metrics(tmp_path, monkeypatch, root, capsys):
     rows, labels, leaked, _ = planted_corpus()
     (tmp_path / "all.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (tmp_path / "labels.jsonl").write_text("".join(json.dumps(v) + "\n" for v in labels.values()))
-    main(["--chatml", "all.jsonl", "--labels", "labels.jsonl", "--out-dir", "out", "--metrics", "m/split.json"])
+    main(["--chatml", "all.jsonl", "--labels", "labels.jsonl", *out_args("out"), "--metrics", "m/split.json"])
     metrics = json.loads((tmp_path / "m" / "split.json").read_text())
     written = {name: read_jsonl(tmp_path / "out" / f"{name}.jsonl") for name in ("train", "val", "test", "probes")}
     assert {k: len(v) for k, v in written.items()} == metrics["counts"]
@@ -283,7 +288,7 @@ def test_the_stage_stops_in_one_line_when_every_row_is_in_a_dropped_tier(tmp_pat
     (tmp_path / "labels.jsonl").write_text("".join(json.dumps(label(r["id"], "reject", dropped=True)) + "\n"
                                                    for r in rows))
     with pytest.raises(UserError) as info:
-        main(["--chatml", "all.jsonl", "--labels", "labels.jsonl", "--out-dir", "out", "--metrics", "m.json"])
+        main(["--chatml", "all.jsonl", "--labels", "labels.jsonl", *out_args("out"), "--metrics", "m.json"])
     assert str(info.value) == ("split: all 4 records were removed (tier reject (label.drop_tiers) 4); nothing is left "
                                "to train on: empty label.drop_tiers, or look at metrics/label.json")
     assert not (tmp_path / "out").exists()

@@ -14,7 +14,7 @@ from slmforge.oracle.cache import AnswerCache
 from slmforge.oracle.client import Oracle
 from slmforge.oracle.types import Answer
 from slmforge.params import OracleParams, SynthesizeParams, build
-from slmforge.synthesis import synthesize
+from slmforge.synthesis import has_documents, no_document_metrics, synthesize
 
 ROOT = Path(__file__).resolve().parents[1]
 LONG = "It is the probability, under the null hypothesis, of data at least as extreme as those observed."
@@ -126,6 +126,14 @@ def test_no_documents_no_calls_and_empty_output(tmp_path):
     assert pairs == [] and backend.calls == []
     assert metrics["documents"] == 0 and metrics["pairs"] == 0 and metrics["pairs_asked"] == 0
     assert metrics["oracle"]["calls"] == 0
+
+
+def test_without_a_document_the_stage_asks_nothing_and_reports_zero_calls():
+    assert not has_documents([{"id": "se:1", "kind": "pair"}, {"id": "x"}])
+    assert has_documents([{"id": "se:1", "kind": "pair"}, {"id": "arxiv:1", "kind": "document"}])
+    metrics = no_document_metrics()
+    assert metrics["documents"] == metrics["pairs"] == 0
+    assert metrics["oracle"] == {"calls": 0, "cache_hits": 0, "tokens_in": 0, "tokens_out": 0, "usd": 0.0}
 
 
 @pytest.mark.parametrize("cap, asked, skipped", [(2, 2, 3), (0, 5, 0), (5, 5, 0), (9, 5, 0)])

@@ -17,7 +17,7 @@ import numpy as np
 from slmforge.gold import agreement, gold_verdict, load_gold
 from slmforge.io import UserError
 from slmforge.params import CalibrationParams, CalibrationThresholds, RubricParams
-from slmforge.split import stable_hash, user_text
+from slmforge.row_identity import origin_of, stable_hash, user_text
 
 WORST_N = 5  # records per direction quoted in the report
 EXCERPT_CHARS = 200
@@ -55,7 +55,7 @@ def assign_stratum(row: dict, params: CalibrationParams) -> str:
         hits = len(keyword_hits(row, params.keywords))
         return "on_topic" if hits >= params.on_topic_min_hits else "off_topic" if hits == 0 else "edge"
     if params.strata_by == "source":
-        origin = (row.get("meta") or {}).get("origin", row.get("source"))
+        origin = origin_of(row)
         # An origin not mapped is neither known on- nor off-topic, which is what "edge" means; it is never
         # counted as an error. Mapping nothing leaves on/off_topic empty, and the verdict then says REVIEW.
         return params.source_strata.get(origin, "edge")
@@ -243,6 +243,13 @@ def check_gate(result: dict, gate: str) -> list[str]:
         raise UserError("label: the calibration gate is closed (calibration.gate=enforce): " + "; ".join(failures)
                         + ": fix the rubric or the oracle (see reports/calibration.md) or set calibration.gate=warn")
     return failures
+
+
+def open_gate(result: dict, gate: str, backend: str) -> tuple[str, list[str]]:
+    """(the gate in force for calibration.gate on this backend, the failing parts it lets through): under
+    `enforce` a failing part stops labelling here, in one line, before any model loads or any call is made."""
+    gate = effective_gate(gate, backend)
+    return gate, check_gate(result, gate)
 
 
 def _subset(sample: list[dict], params: CalibrationParams) -> list[dict]:

@@ -13,6 +13,7 @@ import numpy as np
 
 from slmforge.io import UserError
 from slmforge.params import ChatmlParams
+from slmforge.row_identity import origin_of
 
 
 def to_messages(rec: dict, template: dict[str, str], origin: str) -> list[dict]:
@@ -61,7 +62,7 @@ def convert(records: list[dict], params: ChatmlParams) -> tuple[list[dict], dict
         if not (rec.get("prompt") or "").strip() or not (rec.get("response") or "").strip():
             skipped["empty_prompt_or_response"] += 1
             continue
-        origin = (rec.get("meta") or {}).get("origin", rec.get("source"))
+        origin = origin_of(rec)
         template = params.templates.get(origin, params.templates["default"])
         messages = to_messages(rec, template, origin if origin in params.templates else "default")
         length = n_chars(messages)
@@ -71,7 +72,7 @@ def convert(records: list[dict], params: ChatmlParams) -> tuple[list[dict], dict
     metrics = {
         "records_in": len(records), "rows_out": len(rows), "skipped": sum(skipped.values()),
         "skipped_by_reason": dict(sorted(skipped.items())),
-        "rows_by_origin": dict(sorted(Counter(r["meta"].get("origin", r["source"]) for r in rows).items())),
+        "rows_by_origin": dict(sorted(Counter(origin_of(r) for r in rows).items())),
         "chars": {"histogram": histogram(lengths, params.histogram_bins), "total": int(sum(lengths)),
                    **({"mean": round(float(np.mean(lengths)), 1), "p50": int(np.percentile(lengths, 50)),
                        "p95": int(np.percentile(lengths, 95)), "max": int(max(lengths))} if lengths else {})},

@@ -8,6 +8,8 @@ machine can run; `push` shares every run with the team (`dvc push --run-cache` a
 Run: slmforge chat | slmforge serve [--vllm] | slmforge export | slmforge publish | slmforge merge --out models/merged | slmforge score FILE --out OUT | slmforge doctor |
 slmforge compose [OVERRIDE ...] | slmforge push [--remote NAME] | slmforge verify [--until STAGE] | slmforge cost |
 slmforge annotate
+
+serve, export, publish, push, verify and cost are parsed and run by cli_ship.py.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from slmforge import cli_ship as ship
 from slmforge.runner import run
 
 CHAT_HELP = """commands:
@@ -122,52 +125,7 @@ def main(argv=None) -> None:
     p.add_argument("--out", default="models/merged")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
 
-    p = sub.add_parser("serve", help="an OpenAI-compatible server (/v1/chat/completions, /v1/models) for the base "
-                                     "and every adapter on one loaded base; --vllm prints the production command")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--base", default="models/base")
-    p.add_argument("--pin", default="models/base.json")
-    p.add_argument("--adapters-dir", default="models/adapters", help="every adapter found here is served by its folder name")
-    p.add_argument("--adapter", action="append", default=[], metavar="NAME=PATH",
-                   help="serve this adapter as NAME (repeatable; replaces the ones found in --adapters-dir)")
-    p.add_argument("--max-tokens", type=int, default=512, help="completion length when a request names none")
-    p.add_argument("--params", default="params.yaml", help="params file whose `model` section says how to load")
-    p.add_argument("--vllm", action="store_true", help="print the `vllm serve` command for production and exit")
-    p.add_argument("--merged", default=None, help="with --vllm: serve this merged export instead of base + adapters")
-    p.add_argument("--full-precision", action="store_true",
-                   help="with --vllm: the base unquantised (the adapters were trained on NF4: see docs/serving.md)")
-
-    p = sub.add_parser("export", help="merge a domain's adapter into the weights it was trained against, write it as a "
-                                      "transformers folder or a GGUF, and check its parity with what evaluate measured")
-    p.add_argument("--format", choices=["merged", "gguf"], required=True)
-    p.add_argument("--domain", default=None, help="whose adapter (models/adapters/DOMAIN); default: the only domain")
-    p.add_argument("--adapter", default=None, help="an adapter folder (default: models/adapters/DOMAIN)")
-    p.add_argument("--from", dest="source", choices=["trained", "full"], default="trained",
-                   help="trained: the weights the adapter learned against (NF4 dequantised, for QLoRA); full: the "
-                        "original full-precision weights")
-    p.add_argument("--out", default=None, help="default: exports/DOMAIN-FORMAT")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32", help="merged weights")
-    p.add_argument("--gguf-type", choices=["f16", "f32", "bf16", "q8_0"], default="f16")
-    p.add_argument("--split-dir", default="data/split", help="the probes and test items the parity check answers")
-    p.add_argument("--parity-items", type=int, default=16, help="test items answered besides every probe")
-    p.add_argument("--metrics", default=None, help="parity metrics (default: metrics/export/DOMAIN-FORMAT.json)")
-    p.add_argument("--base", default="models/base")
-    p.add_argument("--pin", default="models/base.json")
-    p.add_argument("--params", default="params.yaml")
-
-    p = sub.add_parser("publish", help="upload a domain's adapter (or an export) to the Hugging Face Hub with a model "
-                                       "card made from the run; the token comes from HF_TOKEN only")
-    p.add_argument("repo_id", help="user/name on the Hub")
-    p.add_argument("--domain", default=None, help="whose adapter (default: the only domain)")
-    p.add_argument("--export", default=None, help="upload this export folder (slmforge export) instead of the adapter")
-    p.add_argument("--private", action="store_true")
-    p.add_argument("--dry-run", action="store_true", help="print the files and the card; upload nothing")
-    p.add_argument("--adapters-dir", default="models/adapters")
-    p.add_argument("--pin", default="models/base.json")
-    p.add_argument("--lock", default="dvc.lock")
-    p.add_argument("--metrics-dir", default="metrics")
-    p.add_argument("--params", default="params.yaml")
+    ship.add_serve_export_publish(sub)
 
     sub.add_parser("doctor", help="what this machine can run: GPU, bitsandbytes, packages, DVC, keys")
 
@@ -178,34 +136,7 @@ def main(argv=None) -> None:
     p.add_argument("--base", default="models/base")
     p.add_argument("--pin", default="models/base.json")
     p.add_argument("--batch-size", type=int, default=16)
-    p = sub.add_parser("push", help="dvc push --run-cache, plus the outputs every run record names (experiments, "
-                                    "metrics), so a teammate's `dvc repro --pull` restores any run instead of running it")
-    p.add_argument("--remote", "-r", default=None, help="DVC remote (default: the repository's default remote)")
-    p.add_argument("--jobs", "-j", type=int, default=None)
-    p = sub.add_parser("verify", help="re-run the pipeline in a temporary clone of HEAD and report, stage by stage, "
-                                      "which outputs differ from the committed dvc.lock (docs/lineage.md)")
-    p.add_argument("--until", default=None, help="re-run only up to and including this stage (e.g. split)")
-    p.add_argument("--only", nargs="+", default=None, metavar="STAGE",
-                   help="re-run only these stages, their inputs checked out from the DVC cache")
-    p.add_argument("--answers", choices=["auto", "fresh", "reuse"], default="auto",
-                   help="the oracle's answers: asked again from an empty store (fresh), or taken from the answer "
-                        "store (reuse); auto: fresh for the local oracle, reuse for a paid API")
-    p.add_argument("--workdir", default=None, help="the folder to clone in, under a new folder of its own "
-                                                     "(default: the system's temporary folder)")
-    p.add_argument("--keep", action="store_true", help="keep the clone afterwards, to look at what differs")
-    p.add_argument("--json", default=None, help="also write the report as JSON to this file")
-    p.add_argument("--repo", default=".", help="the repository to check (its HEAD and dvc.lock)")
-    p = sub.add_parser("cost", help="what the oracle would cost the pipeline with the current params, before it runs")
-    p.add_argument("--params", default="params.yaml")
-    p.add_argument("--kept", default="data/clean/kept.jsonl")
-    p.add_argument("--raw-dir", default="data/raw")
-    p.add_argument("--chatml", default="data/chatml/all.jsonl")
-    p.add_argument("--test", default="data/split/test.jsonl")
-    p.add_argument("--answers", default="data/oracle_cache", help="the oracle stages' answer folders (pulled)")
-    p.add_argument("--runs-dir", default="metrics/runs", help="the oracle stages' run facts: what their last runs "
-                   "paid on this machine")
-    p.add_argument("--oracle-model", default="models/oracle", help="the local oracle's own model (its pin keys answers)")
-    p.add_argument("--oracle-pin", default="models/oracle.json")
+    ship.add_push_verify_cost(sub)
     p = sub.add_parser("annotate", help="score the calibration sample by hand, one key per score, into a gold file")
     p.add_argument("--sample", default="data/calibration/sample.jsonl", help="calibrate's sample, with the oracle's "
                    "labels")
@@ -217,7 +148,9 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
 
     def command() -> None:
-        if args.command == "compose":
+        if args.command in ship.COMMANDS:
+            ship.COMMANDS[args.command](args)
+        elif args.command == "compose":
             from slmforge.params import compose_to_file
 
             compose_to_file(args.conf, args.out, args.overrides)
@@ -233,92 +166,6 @@ def main(argv=None) -> None:
             model, tokenizer = load_chat_model(params, args.base, args.pin, None if args.no_adapter else args.adapter)
             chat_loop(ChatSession(model, tokenizer, system=args.system, max_new_tokens=args.max_new_tokens,
                                   template_kwargs=params.chat_template_kwargs))
-        elif args.command == "serve":
-            from slmforge.serving import discover_adapters, parse_adapter_args
-
-            adapters = parse_adapter_args(args.adapter) if args.adapter else discover_adapters(args.adapters_dir)
-            if args.vllm:
-                from slmforge.serving import vllm_command
-
-                print(vllm_command(args.base, args.pin, adapters, merged=args.merged, nf4=not args.full_precision,
-                                   port=args.port))
-                return
-            from slmforge.modeling import set_threads
-            from slmforge.params import load_params
-            from slmforge.serving import Server, build_app, load_served_model
-
-            set_threads()
-            model, tokenizer = load_served_model(load_params("model", args.params), args.base, args.pin, adapters)
-            print(f"serving base + {len(adapters)} adapter(s) ({', '.join(adapters) or 'none'}) on "
-                  f"http://{args.host}:{args.port}/v1", flush=True)
-            app = build_app(model, tokenizer, list(adapters), args.max_tokens,
-                            load_params("model", args.params).chat_template_kwargs)
-            Server(app, args.host, args.port).server.run()
-        elif args.command == "export":
-            from pathlib import Path
-
-            from slmforge.domains import pick, select
-            from slmforge.export import export
-            from slmforge.io import UserError, atomic_write_json, read_jsonl
-            from slmforge.modeling import set_threads
-            from slmforge.params import load_domains, load_params
-
-            domains = load_domains(args.params)
-            name = pick(domains, args.domain)
-            split = Path(args.split_dir)
-            if not (split / "probes.jsonl").exists():
-                raise UserError(f"{split}/probes.jsonl not found: run `dvc repro` (or `dvc pull`) first")
-            set_threads()
-            ev = load_params("eval", args.params)
-            out = Path(args.out or f"exports/{name}-{args.format}")
-            result = export(params=load_params("model", args.params), base_dir=Path(args.base), base_json=Path(args.pin),
-                            adapter_dir=Path(args.adapter or f"models/adapters/{name}"), out_dir=out, fmt=args.format,
-                            source=args.source, name=f"slmforge-{name}", n_test=args.parity_items,
-                            test_rows=select(read_jsonl(split / "test.jsonl"), domains[name]),
-                            probes=select(read_jsonl(split / "probes.jsonl"), domains[name]),
-                            max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size, dtype=args.dtype,
-                            tensor_type=args.gguf_type)
-            atomic_write_json(args.metrics or f"metrics/export/{name}-{args.format}.json", result)
-            ref = result["reference"]["probe_accuracy"]
-            for kind in ("merged", "gguf"):
-                if kind in result:
-                    r = result[kind]
-                    print(f"{kind}: {r['identical_answers']}/{result['probes'] + result['test_items']} greedy answers "
-                          f"identical to NF4 + adapter (words in common {r['prefix_agreement'] or 0:.0%}), probe accuracy "
-                          f"{r['probe_accuracy']} (NF4 + adapter: {ref}), prompts tokenised identically "
-                          f"{r['prompt_ids_identical']:.0%}, EOS {r['eos_token']}")
-            print(f"wrote {out} ({args.format}, merged into the {result['merged_into']})")
-        elif args.command == "publish":
-            import json
-            from pathlib import Path
-
-            from slmforge.chat import read_adapter_card
-            from slmforge.domains import pick
-            from slmforge.io import UserError
-            from slmforge.params import load_domains
-            from slmforge.publish import _cost, _json, lineage, model_card, token_from_env, upload
-
-            name = pick(load_domains(args.params), args.domain)
-            folder = Path(args.export or Path(args.adapters_dir) / name)
-            if not folder.is_dir():
-                raise UserError(f"{folder}: no such folder: " + ("run `slmforge export` first" if args.export else
-                                                                  f"run `dvc repro train@{name}` first"))
-            info = _json(folder / "slmforge_export.json")
-            metrics = Path(args.metrics_dir)
-            evaluation = _json(metrics / "eval" / f"{name}.json")
-            card = model_card(repo_id=args.repo_id, domain=name, kind=info["format"] if info else "adapter",
-                              adapter_card=read_adapter_card(info["adapter"] if info else folder),
-                              pin=json.loads(Path(args.pin).read_text()), lock=lineage(Path(args.lock), name),
-                              split=_json(metrics / "split.json"), evaluation=evaluation,
-                              cost=_cost(metrics, evaluation), parity=_json(folder / "parity.json"))
-            if args.dry_run:
-                files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and p.name != "README.md")
-                print(f"dry run: would upload to {args.repo_id} ({'private' if args.private else 'public'}): "
-                      f"{', '.join([*files, 'README.md'])}\n")
-                print(card)
-                return
-            url, files = upload(args.repo_id, folder, card, args.private, token_from_env())
-            print(f"published {len(files)} file(s) to {url}: {', '.join(files)}")
         elif args.command == "merge":
             from slmforge.chat import MERGE_HINT, merge_adapter, merge_warning, read_adapter_card
 
@@ -346,36 +193,6 @@ def main(argv=None) -> None:
             atomic_write_jsonl(args.out, scores)
             tiers = Counter(s["tier"] for s in scores)
             print(f"scored {len(scores)} records -> {args.out}; tiers {dict(sorted(tiers.items()))}")
-        elif args.command == "push":
-            from slmforge.sharing import push_runs
-
-            report, remote = push_runs(".", args.remote, args.jobs)
-            print(report.line(remote))
-            if report.missing:
-                sys.exit(1)
-        elif args.command == "verify":
-            from slmforge.verify import main as verify_main
-
-            sys.exit(verify_main(args))
-        elif args.command == "cost":
-            from pathlib import Path
-
-            from slmforge import cost, cost_lookup
-            from slmforge.io import read_jsonl
-            from slmforge.params import load_source_params, read_params_file
-
-            p = cost.load_cost_params(args.params)
-            sources = {name: load_source_params(name, args.params) for name in read_params_file(args.params)["sources"]}
-            records, missing, basis = cost_lookup.records_at_hand(Path(args.kept), Path(args.raw_dir), sources)
-            chatml, test = Path(args.chatml), Path(args.test)
-            has = cost_lookup.cache_lookup(p.oracle, args.oracle_model, args.oracle_pin, sorted(Path(args.answers).glob("*")))
-            forecasts = cost.forecast_pipeline(p, records=records, rows=read_jsonl(chatml) if chatml.exists() else None,
-                                               test_rows=read_jsonl(test) if test.exists() else None, has=has)
-            spent = cost.read_spent({s: Path(args.runs_dir) / f"{s}.json" for s in cost.PIPELINE})
-            print(f"records: {basis}" + (f"; not counted (not collected yet; collecting asks no oracle): "
-                                         f"{', '.join(missing)}" if missing else ""))
-            for line in cost.forecast_table(forecasts, p.oracle, spent):
-                print(line)
         elif args.command == "annotate":
             from pathlib import Path
 

@@ -22,7 +22,7 @@ from slmforge.oracle.client import CHARS_PER_TOKEN, estimate_usd
 from slmforge.oracle.types import Request
 from slmforge.params import (CalibrationParams, EvalParams, OracleParams, RubricParams, SplitParams,
                              SynthesizeParams, load_params)
-from slmforge.split import stable_hash
+from slmforge.row_identity import stable_hash
 
 ANSWER_CHARS_PER_TOKEN = 4.0  # a judged answer of n tokens, as text: English averages about 4 characters a token
 

@@ -1,9 +1,10 @@
-"""Reading and writing pipeline artifacts: tolerant JSONL reads with a quarantine, atomic writes."""
+"""Reading and writing pipeline artifacts: tolerant JSONL reads with a quarantine, atomic writes, NaN as null."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import re
 import shutil
@@ -90,6 +91,17 @@ def _atomic_path(path: str | Path) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def json_safe(obj):
+    """NaN (a statistic undefined on this data) as null: JSON has no NaN, and DVC's metrics readers choke on it."""
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [json_safe(v) for v in obj]
+    return obj
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -61,6 +61,23 @@ def label_rows(rows: list[dict], oracle: Oracle, rubric: RubricParams, drop_tier
     return labels, failed
 
 
+def unlabelled(row_id: str) -> dict:
+    """The label of a row the oracle could not label: kept, marked and dropped from training, so nothing is lost
+    silently."""
+    return {"id": row_id, "scores": {}, "overall": None, "tier": "unlabelled", "dropped": True, "oracle": None}
+
+
+def labels_file(rows: list[dict], labels: dict[str, dict]) -> list[dict]:
+    """One label per chat row, in the rows' order (data/labels/labels.jsonl): its oracle label or `unlabelled`."""
+    return [labels.get(r["id"]) or unlabelled(r["id"]) for r in rows]
+
+
+def removed_by_label(labels: dict[str, dict], failed: list[str]) -> dict[str, int]:
+    """What labelling takes out of training, by reason: each dropped tier, and the rows the oracle failed on."""
+    removed = Counter(f"tier {lab['tier']} (label.drop_tiers)" for lab in labels.values() if lab["dropped"])
+    return {**removed, "failed": len(failed)}
+
+
 def label_metrics(labels: dict[str, dict], failed: list[str], rows_in: int) -> dict:
     tiers = Counter(lab["tier"] for lab in labels.values())
     overall = [lab["overall"] for lab in labels.values()]

@@ -156,6 +156,12 @@ def resolve_base(base_dir: str | Path, base_json: str | Path) -> tuple[str, str 
     return str(base_dir), None
 
 
+def model_fingerprint(path: Path, pin: dict | None) -> str:
+    """What identifies the weights: the pin of the stage that made the folder (GGUF sha, hub commit, config sha)."""
+    material = json.dumps(pin, sort_keys=True) if pin else (path / "config.json").read_text()
+    return hashlib.sha256(material.encode()).hexdigest()[:12]
+
+
 def cpu_has_bf16() -> bool:
     try:
         flags = Path("/proc/cpuinfo").read_text()

@@ -36,8 +36,7 @@ def reference_answers(params: ModelParams, base_dir: Path, base_json: Path, adap
     from peft import PeftModel
 
     from slmforge.evaluation.compare import adapter_sha
-    from slmforge.modeling import disable_cpu_repack, load_base
-    from slmforge.oracle.local import model_fingerprint
+    from slmforge.modeling import disable_cpu_repack, load_base, model_fingerprint
 
     model, tokenizer = load_base(params, base_dir, base_json)
     if params.load_in_4bit:

@@ -18,7 +18,8 @@ from slmforge.io import UserError
 LINEAGE_STAGES = ("base", "split")  # the shared artifacts every domain's adapter descends from
 
 
-def _json(path: Path) -> dict | None:
+def read_json_if_any(path: Path) -> dict | None:
+    """The JSON file at `path`, or None when there is none (a metric or export info not made yet)."""
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
 
 
@@ -34,10 +35,10 @@ def lineage(lock_path: Path, domain: str) -> dict[str, dict[str, str]]:
     return out
 
 
-def _cost(metrics_dir: Path, eval_metrics: dict | None = None) -> dict:
+def oracle_cost(metrics_dir: Path, eval_metrics: dict | None = None) -> dict:
     """What the oracle cost the run being published: the cost stage's sum over every stage's last run on this
     machine (metrics/runs/cost.json, a run fact); zero calls and dollars when it is absent (answers pulled)."""
-    total = ((_json(metrics_dir / "runs" / "cost.json") or {}).get("total")) or {}
+    total = ((read_json_if_any(metrics_dir / "runs" / "cost.json") or {}).get("total")) or {}
     return {"oracle_usd": round(float(total.get("usd", 0.0)), 6), "oracle_calls": int(total.get("calls", 0))}
 
 

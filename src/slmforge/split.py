@@ -5,7 +5,6 @@ from __future__ import annotations
 import bisect
 import hashlib
 import json
-import re
 from collections import Counter, defaultdict
 from collections.abc import Callable
 
@@ -13,28 +12,13 @@ import numpy as np
 
 from slmforge.io import UserError
 from slmforge.params import SplitParams
+from slmforge.row_identity import origin_of, question_key, stable_hash, user_text
 
 SPLITS = ("train", "val", "test")
 MAX_MOVED_IDS = 20  # ids listed in the metrics; the counts are complete
 LABEL_KEYS = ("tier", "overall", "dropped")
 
 Embed = Callable[[list[str]], np.ndarray]
-
-
-def stable_hash(salt: str, key: str) -> str:
-    return hashlib.sha256(f"{salt}\x00{key}".encode()).hexdigest()
-
-
-def _norm(text: str) -> str:
-    return re.sub(r"\s+", " ", re.sub(r"[^\w\s]", "", text.lower())).strip()
-
-
-def user_text(row: dict) -> str:
-    return " ".join(m["content"] for m in row["messages"] if m["role"] == "user")
-
-
-def origin_of(row: dict) -> str:
-    return row.get("meta", {}).get("origin", row["source"])
 
 
 def score_bin(overall: float, edges: list[float]) -> str:
@@ -89,7 +73,7 @@ def stratified_split(rows: list[dict], labels: dict[str, dict], params: SplitPar
         if origin_of(row) == "facts":
             facts[row["meta"]["fact_id"]].append(row)
         else:
-            groups[_norm(user_text(row))].append(row)
+            groups[question_key(user_text(row))].append(row)
 
     # Facts: probes are paraphrases of trained facts on purpose (they test recall of a fact learnt from its
     # other phrasings), so they stay outside the leakage gate; every other phrasing goes to train, since a
@@ -170,11 +154,11 @@ def leakage_gate(out: dict[str, list[dict]], threshold: float, embed: Embed | No
     then on, so the gate repeats until no held-out row is near train. Without `embed`, only exact
     (normalised) questions count, which the grouping already keeps apart except for trained fact phrasings."""
     held = out["val"] + out["test"]
-    held_norm = [_norm(user_text(r)) for r in held]
+    held_norm = [question_key(user_text(r)) for r in held]
     moving = np.zeros(len(held), dtype=bool)
     best = None
     if embed is None:
-        train_q = {_norm(user_text(r)) for r in out["train"]}
+        train_q = {question_key(user_text(r)) for r in out["train"]}
         moving[:] = [q in train_q for q in held_norm]
     else:
         # Each distinct text embedded once, in sorted order, so the input's order cannot change a vector.
@@ -217,6 +201,6 @@ def check_disjoint(splits: dict[str, list[dict]]) -> None:
         for row in rows:
             if seen_id.setdefault(row["id"], name) != name:
                 raise UserError(f"split leakage: id {row['id']} is in {seen_id[row['id']]} and {name}")
-            q = _norm(user_text(row))
+            q = question_key(user_text(row))
             if seen_q.setdefault(q, name) != name:
                 raise UserError(f"split leakage: the question of {row['id']} is in {seen_q[q]} and {name}")

@@ -9,7 +9,7 @@ from collections import Counter
 from slmforge.oracle.client import Oracle
 from slmforge.oracle.prompts import synth_request
 from slmforge.params import SynthesizeParams
-from slmforge.split import _norm  # the same question key split groups exact duplicates by
+from slmforge.row_identity import question_key  # the same question key split groups exact duplicates by
 
 
 def citation(doc: dict) -> dict:
@@ -31,6 +31,16 @@ def synth_requests(records: list[dict], params: SynthesizeParams, max_tokens: in
             for d in documents(records, params)[0]]
 
 
+def has_documents(records: list[dict]) -> bool:
+    return any(r.get("kind") == "document" for r in records)
+
+
+def no_document_metrics() -> dict:
+    """The metrics of a run with no document to ask about: no oracle opened, no model loaded, no call made."""
+    return {"documents": 0, "pairs": 0,
+            "oracle": {"calls": 0, "cache_hits": 0, "tokens_in": 0, "tokens_out": 0, "usd": 0.0}}
+
+
 def synthesize(records: list[dict], oracle: Oracle, params: SynthesizeParams) -> tuple[list[dict], dict]:
     """Pair records made from every `document` record (none: an empty list, and the stage passes through)."""
     docs, skipped = documents(records, params)
@@ -44,7 +54,7 @@ def synthesize(records: list[dict], oracle: Oracle, params: SynthesizeParams) ->
         cite = citation(doc)
         for k, qa in enumerate(ans["pairs"]):
             question, answer = qa["question"].strip(), qa["answer"].strip()
-            key = _norm(question)
+            key = question_key(question)
             if key in seen:  # the same question twice (a small model often repeats itself) teaches nothing
                 dropped["duplicate_question"] += 1
                 continue

@@ -16,6 +16,7 @@ import numpy as np
 from slmforge.curation import dedup, language, pii, rules, toxicity
 from slmforge.curation.normalise import INVISIBLE, normalise_record
 from slmforge.params import CleanParams
+from slmforge.row_identity import origin_of
 
 
 # The setting behind each rejection reason: what a user loosens when a filter removes too much.
@@ -54,10 +55,6 @@ def validate(records: list[dict], params: CleanParams) -> list[list[str]]:
     return out
 
 
-def origin(rec: dict) -> str:
-    return (rec.get("meta") or {}).get("origin") or rec.get("source") or "unknown"
-
-
 def clean(records: list[dict], params: CleanParams, *, malformed: list[dict] = (), scorer=None,
           encoder=None) -> tuple[list[dict], list[dict], dict]:
     """(kept, rejected, metrics). `malformed` are the quarantine entries of raw lines that were not records:
@@ -87,7 +84,8 @@ def clean(records: list[dict], params: CleanParams, *, malformed: list[dict] = (
 
     rule_sets, patterns = rules.rules_for(params.rules), rules.compile_patterns(params.rules)
     for i in valid:
-        reasons[i] += rules.rule_reasons(norm[i], records[i], rule_sets.get(origin(records[i]), params.rules), patterns)
+        rule_set = rule_sets.get(origin_of(records[i]), params.rules)
+        reasons[i] += rules.rule_reasons(norm[i], records[i], rule_set, patterns)
     t = lap("rules", t)
 
     texts = [f"{norm[i].get('prompt') or ''}\n{rules.body(norm[i])}".strip() for i in valid]
@@ -130,7 +128,7 @@ def clean(records: list[dict], params: CleanParams, *, malformed: list[dict] = (
             reasons[passed[d]].append("duplicate_exact")
     t = lap("dedup_exact", t)
     if params.dedup.semantic:
-        cand_idx = [i for i in passed if i not in dup_of and origin(records[i]) not in params.dedup.exclude_origins]
+        cand_idx = [i for i in passed if i not in dup_of and origin_of(records[i]) not in params.dedup.exclude_origins]
         if len(cand_idx) > 1:
             encoder = encoder or dedup.load_encoder(params.dedup)
             emb = dedup.embed([dedup.dedup_text(norm[i]) for i in cand_idx], encoder, params.dedup.batch_size)
@@ -163,7 +161,7 @@ def clean(records: list[dict], params: CleanParams, *, malformed: list[dict] = (
             out = norm[i]
             out["meta"] = {**(out.get("meta") or {}), "clean": signals[i]}
             kept.append(out)
-    by_origin = Counter(origin(r) for r in rejected)
+    by_origin = Counter(origin_of(r) for r in rejected)
     rejected += [{"id": None, "reasons": ["malformed"], "quarantine": bad} for bad in malformed]
     elapsed = time.perf_counter() - t0
     n_in = len(records) + len(malformed)
@@ -171,7 +169,7 @@ def clean(records: list[dict], params: CleanParams, *, malformed: list[dict] = (
         "records_in": n_in, "kept": len(kept), "rejected": len(rejected),
         "accounting_ok": n_in == len(kept) + len(rejected),
         "reasons": dict(sorted(Counter(r for rec in rejected for r in rec["reasons"]).items())),
-        "kept_by_origin": dict(sorted(Counter(origin(r) for r in kept).items())),
+        "kept_by_origin": dict(sorted(Counter(origin_of(r) for r in kept).items())),
         "rejected_by_origin": dict(sorted(by_origin.items())),
         "pii_replaced": dict(sorted(pii_counts.items())),
         # bidi controls, zero-width and tag characters taken out of valid records (and how many records had any)

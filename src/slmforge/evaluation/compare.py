@@ -177,8 +177,7 @@ def compare(*, test_rows: list[dict], probes: list[dict], model_params: ModelPar
     from peft import PeftModel
     from transformers import set_seed
 
-    from slmforge.modeling import load_base, set_threads
-    from slmforge.oracle.local import model_fingerprint
+    from slmforge.modeling import load_base, model_fingerprint, set_threads
     from slmforge.templates import check_template, template_fingerprint
 
     set_threads()
@@ -264,14 +263,3 @@ def plot_rows(result: dict) -> tuple[list[dict], list[dict]]:
              {"outcome": "tie", "count": j.get("ties_both_orders", 0)},
              {"outcome": "flips with order", "count": j.get("flips_with_order", 0) + j.get("tie_in_one_order", 0)}]
     return bars, judge
-
-
-def json_safe(obj):
-    """NaN (a statistic undefined on this data) as null: JSON has no NaN, and DVC's metrics readers choke on it."""
-    if isinstance(obj, float) and math.isnan(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [json_safe(v) for v in obj]
-    return obj

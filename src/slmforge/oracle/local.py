@@ -16,12 +16,12 @@ bfloat16 keeps 8 bits of it; greedy decoding takes another token at a near tie a
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import threading
 from pathlib import Path
 
 from slmforge.io import UserError
+from slmforge.modeling import model_fingerprint, resolve_base
 from slmforge.oracle.types import Answer, Request
 from slmforge.params import OracleParams
 
@@ -48,12 +48,6 @@ def torch_threads(n: int):
         torch.set_num_threads(before)
 
 
-def model_fingerprint(path: Path, pin: dict | None) -> str:
-    """What identifies the weights: the pin of the stage that made the folder (GGUF sha, hub commit, config sha)."""
-    material = json.dumps(pin, sort_keys=True) if pin else (path / "config.json").read_text()
-    return hashlib.sha256(material.encode()).hexdigest()[:12]
-
-
 class LocalBackend:
     name = "local"
 
@@ -64,8 +58,6 @@ class LocalBackend:
         if not model_dir or not model_json or not Path(model_json).exists() or not Path(model_dir, "config.json").exists():
             raise UserError("the local oracle needs its own model (models/oracle, models/oracle.json): "
                             "run `dvc repro oracle_model`")
-        from slmforge.modeling import resolve_base
-
         pin = json.loads(Path(model_json).read_text())
         named = {"gguf_package": "embedded", "hub": pin.get("hub_id"), "folder": pin.get("path")}.get(pin["source"])
         if named != params.model:
