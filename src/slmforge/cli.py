@@ -224,7 +224,7 @@ def main(argv=None) -> None:
             print(f"wrote {args.out} from {args.conf}/" + (f" with {' '.join(args.overrides)} (named on its first "
                                                            "line, so `dvc repro` runs with them)" if args.overrides else ""))
         elif args.command == "chat":
-            from slmforge.chat import ChatSession, load_chat_model
+            from slmforge.adapter_chat import ChatSession, load_chat_model
             from slmforge.modeling import set_threads
             from slmforge.params import load_params
 
@@ -292,7 +292,7 @@ def main(argv=None) -> None:
             import json
             from pathlib import Path
 
-            from slmforge.chat import read_adapter_card
+            from slmforge.adapter_folder import read_adapter_card
             from slmforge.domains import pick
             from slmforge.io import UserError
             from slmforge.params import load_domains
@@ -320,7 +320,8 @@ def main(argv=None) -> None:
             url, files = upload(args.repo_id, folder, card, args.private, token_from_env())
             print(f"published {len(files)} file(s) to {url}: {', '.join(files)}")
         elif args.command == "merge":
-            from slmforge.chat import MERGE_HINT, merge_adapter, merge_warning, read_adapter_card
+            from slmforge.adapter_folder import read_adapter_card
+            from slmforge.merge import MERGE_HINT, merge_adapter, merge_warning
 
             warning = merge_warning(read_adapter_card(args.adapter, MERGE_HINT))
             if warning:
@@ -333,7 +334,7 @@ def main(argv=None) -> None:
 
             from slmforge.io import atomic_write_jsonl, read_jsonl
             from slmforge.modeling import set_threads
-            from slmforge.scoring import load_scorer, predict
+            from slmforge.student import load_scorer, predict
 
             from slmforge.io import UserError
 

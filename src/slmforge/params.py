@@ -43,26 +43,31 @@ class LoraParams:
 
 
 @dataclass(frozen=True)
-class TrainParams:
-    profile: str
+class OptimParams:
+    """What every fine-tuning shares (slmforge.finetune): the `train` and `scorer` sections both carry these keys."""
     epochs: float
     max_steps: int  # -1: run `epochs`
     batch_size: int
     grad_accum: int
     lr: float
     warmup_ratio: float
-    scheduler: str
     weight_decay: float
     max_grad_norm: float
-    max_seq_len: int
-    packing: bool
     eval_steps: int
-    early_stopping_patience: int
-    origin_weights: dict[str, float]  # passes per epoch by origin: facts need several, 0.5 = a seeded half
-    gap_threshold: float  # train/eval loss gap above which overfitting is flagged
     logging_steps: int
     seed: int
     max_train_examples: int  # 0: all; tiny profiles cap it
+
+
+@dataclass(frozen=True)
+class TrainParams(OptimParams):
+    profile: str
+    scheduler: str
+    max_seq_len: int
+    packing: bool
+    early_stopping_patience: int
+    origin_weights: dict[str, float]  # passes per epoch by origin: facts need several, 0.5 = a seeded half
+    gap_threshold: float  # train/eval loss gap above which overfitting is flagged
     distributed: str | None  # null: one process; else a config in conf/accelerate/ (ddp, fsdp_qlora, ddp_cpu)
     attention: str  # auto | sdpa | flex_attention | flash_attention_2 | eager (slmforge.gpu.resolve_attention)
     loss_kernel: str  # auto | model | trl | liger (slmforge.gpu.resolve_loss_kernel)
@@ -131,22 +136,10 @@ class ScorerVerdictParams:
 
 
 @dataclass(frozen=True)
-class ScorerParams:
+class ScorerParams(OptimParams):
     head_tokens: int  # a record longer than head + tail tokens keeps its first head and last tail tokens
     tail_tokens: int
     lora: LoraParams
-    epochs: float
-    max_steps: int  # -1: run `epochs`
-    batch_size: int
-    grad_accum: int
-    lr: float
-    warmup_ratio: float
-    weight_decay: float
-    max_grad_norm: float
-    eval_steps: int
-    logging_steps: int
-    max_train_examples: int  # 0: all
-    seed: int
     verdict: ScorerVerdictParams
 
 
