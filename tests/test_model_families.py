@@ -13,11 +13,10 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from slmforge.io import UserError
 from slmforge.modeling import materialise
-from slmforge.params import EvalParams, LoraParams, ScorerParams, TrainParams, build
+from slmforge.params import EvalParams, LoraParams, ScorerParams, TrainParams, build, compose
 from slmforge.templates import check_template, fit_roles, render, stop_token_ids, strip_think, template_fingerprint
 from slmforge.chat_tokens import tokenize_chat
 from tests.conftest import chat_row
@@ -34,7 +33,7 @@ TWO_TURNS = [{"role": "system", "content": SYSTEM},
 
 
 def conf(group: str, name: str, cls, **overrides):
-    return build(cls, {**yaml.safe_load((ROOT / f"conf/{group}/{name}.yaml").read_text()), **overrides}, group)
+    return build(cls, {**compose(ROOT / "conf", [f"{group}={name}"])[group], **overrides}, group)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from slmforge.io import UserError
 from slmforge.params import RubricParams, ScorerParams, ScorerVerdictParams, build, compose
@@ -25,7 +24,7 @@ DIMS = list(RUBRIC.dimensions)
 
 
 def tiny_params(**overrides) -> ScorerParams:
-    data = yaml.safe_load((ROOT / "conf/scorer/tiny.yaml").read_text())
+    data = compose(ROOT / "conf", ["scorer=tiny"])["scorer"]  # tiny.yaml overrides the default profile
     return build(ScorerParams, {**data, **overrides}, "scorer")
 
 
