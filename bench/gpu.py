@@ -157,7 +157,8 @@ def run_mode(mode: str, shape: str, steps: int) -> dict:
     from slmforge.gpu import plan_run, resolve_attention
     from slmforge.modeling import load_base
     from slmforge.params import LoraParams, ModelParams, TrainParams, build
-    from slmforge.training import add_lora, sft_config, sft_trainer, training_datasets
+    from slmforge.finetune import add_lora
+    from slmforge.training import sft_config, sft_trainer, training_datasets
 
     warmup = 3
     conf = lambda group, name, cls: build(cls, yaml.safe_load((ROOT / f"conf/{group}/{name}.yaml").read_text()), group)  # noqa: E731
@@ -282,7 +283,7 @@ def packed_equals_alone(model, tokenizer, rows: list[dict]) -> float:
     import torch
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-    from slmforge.training import tokenize_chat
+    from slmforge.chat_tokens import tokenize_chat
 
     a, b = (tokenize_chat(tokenizer, r["messages"], 512)["input_ids"] for r in rows[:2])
     collate = DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id, padding_free=True)

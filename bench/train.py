@@ -31,7 +31,8 @@ def _load(steps: int, seed: int, packing: bool):
     from slmforge.io import read_jsonl
     from slmforge.modeling import load_base, set_threads
     from slmforge.params import load_params
-    from slmforge.training import add_lora, training_datasets
+    from slmforge.finetune import add_lora
+    from slmforge.training import training_datasets
 
     set_threads()
     from transformers import set_seed

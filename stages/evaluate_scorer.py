@@ -11,8 +11,8 @@ from pathlib import Path
 from slmforge.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, json_safe, read_jsonl
 from slmforge.params import check_params_fresh, load_params
 from slmforge.runner import run
-from slmforge.scorer_eval import evaluate, mean_baseline, plot_rows, report_markdown
-from slmforge.scoring import load_scorer, predict
+from slmforge.student_eval import evaluate, mean_baseline, plot_rows, report_markdown
+from slmforge.student import load_scorer, predict
 
 
 def main(argv=None):

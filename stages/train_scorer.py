@@ -10,7 +10,7 @@ from pathlib import Path
 from slmforge.io import read_jsonl, write_run_facts
 from slmforge.params import check_params_fresh, load_params
 from slmforge.runner import run
-from slmforge.scoring import train_scorer
+from slmforge.student import train_scorer
 
 
 def main(argv=None):

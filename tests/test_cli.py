@@ -158,7 +158,7 @@ def test_chat_streams_an_answer_and_obeys_reset_and_system_in_a_terminal(base_mo
 
 
 def test_chat_session_keeps_turns_resets_and_trims(base_model, model_params):
-    from slmforge.chat import ChatSession
+    from slmforge.adapter_chat import ChatSession
     from slmforge.io import UserError
     from slmforge.modeling import load_base
 
@@ -225,7 +225,7 @@ def test_merge_equals_base_plus_adapter_and_warns_about_nf4(base_model, adapters
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from slmforge.chat import merge_warning
+    from slmforge.merge import merge_warning
     from slmforge.cli import main
 
     base_dir, pin = base_model

@@ -140,7 +140,7 @@ def test_fsdp_loading_stores_the_4bit_weights_in_the_compute_dtype_with_the_same
 
     from slmforge.modeling import load_base
     from slmforge.params import LoraParams, build, compose
-    from slmforge.training import add_lora
+    from slmforge.finetune import add_lora
 
     monkeypatch.delenv("LOCAL_RANK", raising=False)
     models = {}

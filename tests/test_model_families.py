@@ -13,13 +13,12 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from slmforge.io import UserError
 from slmforge.modeling import materialise
-from slmforge.params import EvalParams, LoraParams, ScorerParams, TrainParams, build
+from slmforge.params import EvalParams, LoraParams, ScorerParams, TrainParams, build, compose
 from slmforge.templates import check_template, fit_roles, render, stop_token_ids, strip_think, template_fingerprint
-from slmforge.training import tokenize_chat
+from slmforge.chat_tokens import tokenize_chat
 from tests.conftest import chat_row
 from tests.tiny_models import FAMILIES, model_params, use_cache
 
@@ -34,7 +33,7 @@ TWO_TURNS = [{"role": "system", "content": SYSTEM},
 
 
 def conf(group: str, name: str, cls, **overrides):
-    return build(cls, {**yaml.safe_load((ROOT / f"conf/{group}/{name}.yaml").read_text()), **overrides}, group)
+    return build(cls, {**compose(ROOT / "conf", [f"{group}={name}"])[group], **overrides}, group)
 
 
 @pytest.fixture(scope="module")
@@ -234,9 +233,10 @@ def test_evaluate_scores_and_generates_with_the_models_template(run):
 def test_chat_merge_and_the_student_scorer_run_on_the_family(run):
     from transformers import AutoModelForCausalLM
 
-    from slmforge.chat import ChatSession, load_chat_model, merge_adapter
+    from slmforge.adapter_chat import ChatSession, load_chat_model
+    from slmforge.merge import merge_adapter
     from slmforge.params import RubricParams, compose
-    from slmforge.scoring import load_scorer, predict, train_scorer
+    from slmforge.student import load_scorer, predict, train_scorer
 
     top, params = run["top"], run["params"]
     model, tok = load_chat_model(params, top / "base", top / "base.json", top / "adapter")

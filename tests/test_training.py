@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from slmforge.training import epoch_rounds, pack_rounds, tokenize_chat, training_datasets
+from slmforge.chat_tokens import epoch_rounds, pack_rounds, tokenize_chat
+from slmforge.training import training_datasets
 from tests.conftest import chat_row
 
 
@@ -127,7 +128,9 @@ def test_the_stage_trainer_computes_trl_fused_heads_loss_gradients_and_accuracy(
 
     from slmforge.modeling import load_base
     from slmforge.params import LoraParams, TrainParams, build, compose
-    from slmforge.training import add_lora, pack_rounds, sft_config, sft_trainer
+    from slmforge.chat_tokens import pack_rounds
+    from slmforge.finetune import add_lora
+    from slmforge.training import sft_config, sft_trainer
     from tests.conftest import ROOT
 
     conf = compose(ROOT / "conf", ["train=tiny"])
@@ -192,7 +195,7 @@ def test_the_same_adapter_config_is_the_same_bytes_whatever_the_hash_seed(tmp_pa
 
     from tests.conftest import ROOT
 
-    code = ("import shutil, sys; from peft import LoraConfig; from slmforge.training import canonical_adapter_config; "
+    code = ("import shutil, sys; from peft import LoraConfig; from slmforge.adapter_folder import canonical_adapter_config; "
             "LoraConfig(r=8, target_modules=['q_proj','k_proj','v_proj','o_proj','gate_proj','up_proj','down_proj'])"
             ".save_pretrained(sys.argv[1] + '/raw'); shutil.copytree(sys.argv[1] + '/raw', sys.argv[1] + '/sort'); "
             "canonical_adapter_config(sys.argv[1] + '/sort')")

@@ -157,7 +157,7 @@ def main(argv=None) -> None:
             print(f"wrote {args.out} from {args.conf}/" + (f" with {' '.join(args.overrides)} (named on its first "
                                                            "line, so `dvc repro` runs with them)" if args.overrides else ""))
         elif args.command == "chat":
-            from slmforge.chat import ChatSession, load_chat_model
+            from slmforge.adapter_chat import ChatSession, load_chat_model
             from slmforge.modeling import set_threads
             from slmforge.params import load_params
 
@@ -167,7 +167,8 @@ def main(argv=None) -> None:
             chat_loop(ChatSession(model, tokenizer, system=args.system, max_new_tokens=args.max_new_tokens,
                                   template_kwargs=params.chat_template_kwargs))
         elif args.command == "merge":
-            from slmforge.chat import MERGE_HINT, merge_adapter, merge_warning, read_adapter_card
+            from slmforge.adapter_folder import read_adapter_card
+            from slmforge.merge import MERGE_HINT, merge_adapter, merge_warning
 
             warning = merge_warning(read_adapter_card(args.adapter, MERGE_HINT))
             if warning:
@@ -180,7 +181,7 @@ def main(argv=None) -> None:
 
             from slmforge.io import atomic_write_jsonl, read_jsonl
             from slmforge.modeling import set_threads
-            from slmforge.scoring import load_scorer, predict
+            from slmforge.student import load_scorer, predict
 
             from slmforge.io import UserError
 

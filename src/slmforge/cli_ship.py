@@ -152,7 +152,7 @@ def publish_command(args) -> None:
     import json
     from pathlib import Path
 
-    from slmforge.chat import read_adapter_card
+    from slmforge.adapter_folder import read_adapter_card
     from slmforge.domains import pick
     from slmforge.io import UserError
     from slmforge.params import load_domains

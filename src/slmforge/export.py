@@ -50,7 +50,7 @@ def merged_model(params: ModelParams, base_dir: str | Path, base_json: str | Pat
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from slmforge.chat import check_template, read_adapter_card
+    from slmforge.adapter_folder import check_template, read_adapter_card
     from slmforge.modeling import resolve_base
 
     card = read_adapter_card(adapter_dir, EXPORT_HINT)

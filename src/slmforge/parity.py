@@ -35,7 +35,7 @@ def reference_answers(params: ModelParams, base_dir: Path, base_json: Path, adap
     import torch
     from peft import PeftModel
 
-    from slmforge.evaluation.compare import adapter_sha
+    from slmforge.adapter_folder import adapter_sha
     from slmforge.modeling import disable_cpu_repack, load_base, model_fingerprint
 
     model, tokenizer = load_base(params, base_dir, base_json)

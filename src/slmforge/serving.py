@@ -50,7 +50,7 @@ def load_served_model(params: ModelParams, base_dir: str | Path, base_json: str 
     tokenizer. Each adapter's chat template is checked against the base's before any weight loads."""
     from transformers import AutoTokenizer
 
-    from slmforge.chat import check_template, read_adapter_card
+    from slmforge.adapter_folder import check_template, read_adapter_card
     from slmforge.modeling import load_base, resolve_base
 
     if BASE_NAME in adapters:

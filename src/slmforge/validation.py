@@ -1,5 +1,5 @@
 """Every param checked before any stage does work: each section's keys and types (the typed dataclasses of
-params.py), then ranges and orderings that a type cannot say (learning rate > 0, rank >= 1, fractions in [0, 1],
+params/), then ranges and orderings that a type cannot say (learning rate > 0, rank >= 1, fractions in [0, 1],
 pass lines below fail lines), and a Hydra composition error turned into one line.
 
 `validate` runs in `slmforge compose` before params.yaml is written and at the start of every stage (through

@@ -3,12 +3,13 @@ paired statistics with a verdict, a breakdown by source, and overfitting diagnos
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections import Counter
 from pathlib import Path
 
+from slmforge.adapter_folder import adapter_sha
+from slmforge.chat_tokens import tokenize_within
 from slmforge.evaluation import numerics
 from slmforge.evaluation.generate import generate, prompt_messages, reference, score_references
 from slmforge.evaluation.judge import judge_items, outcome_score
@@ -18,7 +19,6 @@ from slmforge.evaluation.stats import paired_stats, verdict, win_rate
 from slmforge.io import UserError
 from slmforge.params import EvalParams, ModelParams
 from slmforge.templates import strip_think
-from slmforge.training import tokenize_within
 
 # Per-item metrics the statistics are computed on: name -> (kind of item, higher is better).
 PAIRED = {"rouge_l": ("test", True), "nll": ("test", False), "token_accuracy": ("test", True),
@@ -74,17 +74,6 @@ def check_templates(tokenizer_sha: str, adapter_sha: str, adapter_dir: Path) -> 
     if tokenizer_sha != adapter_sha:
         raise UserError(f"{adapter_dir} was trained with another chat template than models/base has "
                         f"(adapter {adapter_sha[:12]}, base {tokenizer_sha[:12]}): run `dvc repro train`")
-
-
-def adapter_sha(adapter_dir: Path) -> str:
-    """sha256 of the adapter's weights and config (alpha, target modules): the tuned side's generation key."""
-    weights = sorted(adapter_dir.glob("adapter_model.*"))
-    if not weights:
-        raise UserError(f"{adapter_dir} has no adapter_model.* weights: run `dvc repro train`")
-    h = hashlib.sha256()
-    for path in [*weights, adapter_dir / "adapter_config.json"]:
-        h.update(path.name.encode() + b"\0" + path.read_bytes())
-    return h.hexdigest()
 
 
 def overfitting(card_metrics: dict) -> dict:

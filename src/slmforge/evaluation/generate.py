@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from slmforge.io import atomic_write_json
 from slmforge.templates import render, stop_token_ids
-from slmforge.training import tokenize_chat
+from slmforge.chat_tokens import tokenize_chat
 
 
 def prompt_messages(row: dict) -> list[dict]:

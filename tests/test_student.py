@@ -11,12 +11,11 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from slmforge.io import UserError
 from slmforge.params import RubricParams, ScorerParams, ScorerVerdictParams, build, compose
-from slmforge.scorer_eval import compare, evaluate, plot_rows, report_markdown, verdict
-from slmforge.scoring import encode, load_scorer, load_scorer_base, predict, record_text, targets, train_scorer
+from slmforge.student_eval import compare, evaluate, plot_rows, report_markdown, verdict
+from slmforge.student import encode, load_scorer, load_scorer_base, predict, record_text, targets, train_scorer
 from tests.conftest import chat_row
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,7 +24,7 @@ DIMS = list(RUBRIC.dimensions)
 
 
 def tiny_params(**overrides) -> ScorerParams:
-    data = yaml.safe_load((ROOT / "conf/scorer/tiny.yaml").read_text())
+    data = compose(ROOT / "conf", ["scorer=tiny"])["scorer"]  # tiny.yaml overrides the default profile
     return build(ScorerParams, {**data, **overrides}, "scorer")
 
 
@@ -204,7 +203,7 @@ def test_a_scorer_no_better_than_the_train_mean_is_not_deployed():
 
 
 def test_the_mean_baseline_predicts_the_train_means():
-    from slmforge.scorer_eval import mean_baseline
+    from slmforge.student_eval import mean_baseline
     labels = {"a": {"scores": {"relevance": 8.0, "correctness": 6.0, "helpfulness": 4.0}},
               "b": {"scores": {"relevance": 2.0, "correctness": 2.0, "helpfulness": 2.0}}, "c": {"scores": None}}
     (p,) = mean_baseline(["a", "b", "c"], labels, RUBRIC, ["t"])

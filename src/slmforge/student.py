@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 import time
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from slmforge.io import UserError, atomic_dir, atomic_write_json
+from slmforge.adapter_folder import save_folder
+from slmforge.finetune import (add_lora, close_live, dvclive_callback, history_summary, open_live, remove_checkpoints,
+                               trainer_arguments)
+from slmforge.io import UserError
 from slmforge.labeling import overall_score, tier_of
 from slmforge.oracle.prompts import render_row
 from slmforge.params import ModelParams, RubricParams, ScorerParams, as_dict, build
@@ -91,12 +93,9 @@ def train_scorer(*, train_rows: list[dict], val_rows: list[dict], labels: dict[s
                  metrics_dir: Path, checkpoint_dir: Path) -> dict:
     import torch
     from datasets import Dataset
-    from dvclive import Live
-    from peft import LoraConfig, get_peft_model
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
 
-    from slmforge.modeling import compute_dtype, set_threads
-    from slmforge.training import _dvclive_callback, canonical_adapter_config
+    from slmforge.modeling import set_threads
 
     set_threads()
     set_seed(params.seed)
@@ -108,49 +107,30 @@ def train_scorer(*, train_rows: list[dict], val_rows: list[dict], labels: dict[s
     if not train_ex or not val_ex:
         raise UserError("the scorer needs oracle scores on train and val rows: run `dvc repro label` "
                         f"(train {len(train_ex)} labelled, val {len(val_ex)})")
-    model = get_peft_model(model, LoraConfig(
-        r=params.lora.r, lora_alpha=params.lora.alpha, lora_dropout=params.lora.dropout,
-        target_modules=params.lora.target_modules, task_type="SEQ_CLS", bias="none"))  # SEQ_CLS: the head is saved
+    model = add_lora(model, params.lora, task_type="SEQ_CLS")  # SEQ_CLS: the head is saved with the adapter
     with torch.no_grad():  # a zero head starts every score at the scale's bottom, not at a random +-1 (10 points)
         model.base_model.model.score.modules_to_save["default"].weight.zero_()
-    args = TrainingArguments(
-        output_dir=str(checkpoint_dir), num_train_epochs=params.epochs, max_steps=params.max_steps,
-        per_device_train_batch_size=params.batch_size, per_device_eval_batch_size=max(params.batch_size, 8),
-        gradient_accumulation_steps=params.grad_accum, learning_rate=params.lr, lr_scheduler_type="cosine",
-        warmup_steps=params.warmup_ratio, weight_decay=params.weight_decay, max_grad_norm=params.max_grad_norm,
-        eval_strategy="steps", eval_steps=params.eval_steps, save_strategy="steps", save_steps=params.eval_steps,
-        save_total_limit=1, load_best_model_at_end=True, metric_for_best_model="eval_loss", greater_is_better=False,
-        logging_steps=params.logging_steps, seed=params.seed, data_seed=params.seed,
-        bf16=compute_dtype(model_params.compute_dtype) == torch.bfloat16, use_cpu=not torch.cuda.is_available(),
-        report_to="none", dataloader_num_workers=0, remove_unused_columns=False)
-    metrics_dir.mkdir(parents=True, exist_ok=True)
-    live = Live(dir=str(metrics_dir), save_dvc_exp=False, dvcyaml=None)
+    args = TrainingArguments(**trainer_arguments(params, checkpoint_dir, model_params, scheduler="cosine",
+                                                 save_total_limit=1), remove_unused_columns=False)
+    live = open_live(metrics_dir)
     trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_list(train_ex),
                       eval_dataset=Dataset.from_list(val_ex), data_collator=DataCollatorWithPadding(tokenizer),
-                      callbacks=[_dvclive_callback(live)])
+                      callbacks=[dvclive_callback(live)])
     start = time.time()
     trainer.train()
     seconds = time.time() - start
     final = trainer.evaluate()
-    history = trainer.state.log_history
-    evals = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
-    best_step, best_eval = min(evals, key=lambda x: x[1])
+    # the log ends with that last evaluation (of the restored best checkpoint)
+    h = history_summary(trainer.state.log_history, final["eval_loss"], trainer.state.global_step)
     summary = {"train_examples": len(train_ex), "val_examples": len(val_ex), "unlabelled_left_out":
-               train_missing + val_missing, "eval_mse": final["eval_loss"], "best_eval_mse": best_eval,
-               "best_step": best_step, "last_step": trainer.state.global_step}
-    for key in ("eval_mse", "best_eval_mse", "best_step", "last_step"):
-        live.summary[key] = summary[key]
-    live.make_summary()
-    live.end()
-    with atomic_dir(out_dir) as tmp:
-        trainer.model.save_pretrained(tmp)
-        canonical_adapter_config(tmp)  # the same scorer, the same bytes
-        tokenizer.save_pretrained(tmp)
-        atomic_write_json(Path(tmp) / CARD, {
-            "base_model": model_params.hub_id, "model": as_dict(model_params), "rubric": as_dict(rubric),
-            "dimensions": list(rubric.dimensions), "head_tokens": params.head_tokens,
-            "tail_tokens": params.tail_tokens, "scorer": as_dict(params), "metrics": summary})
-    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+               train_missing + val_missing, "eval_mse": final["eval_loss"], "best_eval_mse": h["best_eval_loss"],
+               "best_step": h["best_step"], "last_step": trainer.state.global_step}
+    close_live(live, summary, ("eval_mse", "best_eval_mse", "best_step", "last_step"))
+    save_folder(trainer.model, tokenizer, out_dir, CARD, {
+        "base_model": model_params.hub_id, "model": as_dict(model_params), "rubric": as_dict(rubric),
+        "dimensions": list(rubric.dimensions), "head_tokens": params.head_tokens,
+        "tail_tokens": params.tail_tokens, "scorer": as_dict(params), "metrics": summary})
+    remove_checkpoints(checkpoint_dir)
     # The time says how the run went, not what it made: outside the scorer's card and metrics (DVC outputs).
     return {**summary, "run": {"train_seconds": round(seconds, 2)}}
 
