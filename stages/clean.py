@@ -9,7 +9,8 @@ from collections import Counter
 from pathlib import Path
 
 from slmforge.curation.clean import clean, setting_of
-from slmforge.io import UserError, atomic_write_json, atomic_write_jsonl, read_jsonl, write_run_facts
+from slmforge.errors import UserError
+from slmforge.io import atomic_write_json, atomic_write_jsonl, read_jsonl, write_run_facts
 from slmforge.params import check_params_fresh, load_params
 from slmforge.runner import require_records, run
 

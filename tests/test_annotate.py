@@ -14,7 +14,7 @@ import yaml
 
 from slmforge.annotate import score_keys, to_annotate
 from slmforge.gold import load_gold
-from slmforge.io import UserError
+from slmforge.errors import UserError
 from slmforge.params import RubricParams, build
 from tests.conftest import ROOT, chat_row
 from tests.test_cli import ANSI, Terminal, cli_env

@@ -12,7 +12,7 @@ from sklearn.metrics import cohen_kappa_score
 from slmforge.calibration import assign_stratum, draw_sample, keyword_hits, measure, open_gate, overfit, verdict
 from slmforge.gold import agreement, gold_overall, load_gold, quadratic_kappa
 from slmforge.calibration_report import report_markdown
-from slmforge.io import UserError
+from slmforge.errors import UserError
 from slmforge.params import CalibrationParams, RubricParams, build
 from tests.conftest import ROOT, chat_row
 

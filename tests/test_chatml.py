@@ -6,7 +6,7 @@ import dataclasses
 import pytest
 
 from slmforge.chatml import convert
-from slmforge.io import UserError
+from slmforge.errors import UserError
 from slmforge.params import ChatmlParams
 
 TEMPLATES = {"default": {"system": "Be brief.", "user": "{prompt}"},

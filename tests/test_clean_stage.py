@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from slmforge.io import UserError
+from slmforge.errors import UserError
 from tests.stage_project import error_lines, make_project, run_stage
 
 ROOT = Path(__file__).resolve().parents[1]

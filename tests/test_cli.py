@@ -159,7 +159,7 @@ def test_chat_streams_an_answer_and_obeys_reset_and_system_in_a_terminal(base_mo
 
 def test_chat_session_keeps_turns_resets_and_trims(base_model, model_params):
     from slmforge.adapter_chat import ChatSession
-    from slmforge.io import UserError
+    from slmforge.errors import UserError
     from slmforge.modeling import load_base
 
     base_dir, pin = base_model

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from slmforge.distributed import launch_command, relaunch
-from slmforge.io import UserError
+from slmforge.errors import UserError
 
 BIN = Path(sys.executable).parent
 STAGE_ARGS = ["--domain", "all", "--train", "data/split/train.jsonl", "--val", "data/split/val.jsonl",

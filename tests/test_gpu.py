@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from slmforge.gpu import (GB, Shape, check_fits, estimate_peak, plan_run, resolve_attention, resolve_loss_kernel)
-from slmforge.io import UserError
+from slmforge.errors import UserError
 from slmforge.params import LoraParams, ModelParams, TrainParams, build
 from tests.conftest import ROOT
 

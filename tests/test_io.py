@@ -5,7 +5,8 @@ import os
 
 import pytest
 
-from slmforge.io import UserError, atomic_dir, atomic_write_jsonl, atomic_write_text, json_safe, read_jsonl
+from slmforge.errors import UserError
+from slmforge.io import atomic_dir, atomic_write_jsonl, atomic_write_text, json_safe, read_jsonl
 
 
 def test_bad_lines_go_to_quarantine_with_line_and_reason(tmp_path):

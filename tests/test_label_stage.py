@@ -84,7 +84,7 @@ def test_enforced_gate_lets_a_pass_through(project, gold):
 
 
 def test_a_label_that_drops_every_row_stops_naming_the_tier(tmp_path, monkeypatch):
-    from slmforge.io import UserError
+    from slmforge.errors import UserError
     from stages.label import main
     from tests.oracle.messages_server import running_messages_server
     from tests.stage_project import make_project

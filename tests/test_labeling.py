@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from slmforge.io import UserError
+from slmforge.errors import UserError
 from slmforge.labeling import (check_rubric, label_metrics, label_rows, labels_file, overall_score, removed_by_label,
                                tier_of)
 from slmforge.oracle.cache import AnswerCache

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from slmforge.io import UserError
+from slmforge.errors import UserError
 from slmforge.modeling import materialise
 from slmforge.params import EvalParams, LoraParams, ScorerParams, TrainParams, build, compose
 from slmforge.templates import check_template, fit_roles, render, stop_token_ids, strip_think, template_fingerprint

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from slmforge.io import UserError
+from slmforge.errors import UserError
 from slmforge.modeling import load_base, pin_hub_model, quantization_config
 from slmforge.templates import template_fingerprint
 from slmforge.params import ModelParams

@@ -8,7 +8,7 @@ import sys
 import pytest
 import yaml
 
-from slmforge.io import UserError
+from slmforge.errors import UserError
 from slmforge.params import (SECTIONS, build, check_params_fresh, compose, load_params, load_source_params,
                              LoraParams)
 

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from slmforge.io import UserError
+from slmforge.errors import UserError
 from slmforge.runner import require_records
 from tests.oracle.messages_server import running_messages_server
 from tests.stage_project import make_project, stage_env

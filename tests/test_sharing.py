@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from slmforge.io import UserError
+from slmforge.errors import UserError
 from slmforge.sharing import push_runs, run_records
 
 BIN = Path(sys.executable).parent

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from slmforge.curation.dedup import embed, load_sentence_encoder
-from slmforge.io import UserError, read_jsonl
+from slmforge.errors import UserError
+from slmforge.io import read_jsonl
 from slmforge.params import SplitParams
 from slmforge.split import check_disjoint, score_bin, stratified_split
 from tests.conftest import chat_row

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from slmforge.io import UserError
+from slmforge.errors import UserError
 from slmforge.params import RubricParams, ScorerParams, ScorerVerdictParams, build, compose
 from slmforge.student_eval import compare, evaluate, plot_rows, report_markdown, verdict
 from slmforge.student import encode, load_scorer, load_scorer_base, predict, record_text, targets, train_scorer

@@ -13,7 +13,7 @@ import yaml
 
 from slmforge.cli import main as cli
 from slmforge.evaluation.compare import PAIRED
-from slmforge.io import UserError
+from slmforge.errors import UserError
 from slmforge.params import check_params_fresh, compose, composed_overrides
 from slmforge.validation import VERDICT_METRICS, validate
 from tests.stage_project import error_lines, make_project, run_stage

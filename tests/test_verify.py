@@ -114,7 +114,7 @@ def test_until_stops_at_the_named_stage_and_the_command_exits_zero(repo, capsys)
 
 
 def test_a_repository_without_a_committed_lock_is_a_one_line_error(tmp_path, monkeypatch):
-    from slmforge.io import UserError
+    from slmforge.errors import UserError
 
     top = tmp_path / "bare"
     top.mkdir()

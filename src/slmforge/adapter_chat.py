@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from slmforge.adapter_folder import check_template, read_adapter_card
-from slmforge.io import UserError
+from slmforge.errors import UserError
 from slmforge.params import ModelParams
 from slmforge.templates import render, stop_token_ids
 

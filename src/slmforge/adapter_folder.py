@@ -12,7 +12,8 @@ import hashlib
 import json
 from pathlib import Path
 
-from slmforge.io import UserError, atomic_dir, atomic_write_json, atomic_write_text
+from slmforge.errors import UserError
+from slmforge.io import atomic_dir, atomic_write_json, atomic_write_text
 from slmforge.params import LoraParams, ModelParams, TrainParams
 
 ADAPTER_CARD = "slmforge_adapter.json"

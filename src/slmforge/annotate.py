@@ -17,7 +17,7 @@ import textwrap
 from collections.abc import Callable, Iterator
 
 from slmforge.gold import read_gold_rows, write_gold
-from slmforge.io import UserError
+from slmforge.errors import UserError
 from slmforge.oracle.prompts import render_row
 from slmforge.params import RubricParams
 

@@ -15,7 +15,7 @@ from functools import lru_cache
 import numpy as np
 
 from slmforge.gold import agreement, gold_verdict, load_gold
-from slmforge.io import UserError
+from slmforge.errors import UserError
 from slmforge.params import CalibrationParams, CalibrationThresholds, RubricParams
 from slmforge.row_identity import origin_of, stable_hash, user_text
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from slmforge.io import UserError
+from slmforge.errors import UserError
 from slmforge.templates import fit_roles, render
 
 

@@ -11,7 +11,7 @@ from collections import Counter
 
 import numpy as np
 
-from slmforge.io import UserError
+from slmforge.errors import UserError
 from slmforge.params import ChatmlParams
 from slmforge.row_identity import origin_of
 

@@ -78,7 +78,7 @@ def chat_loop(session) -> None:
 
 
 def answer(session, line: str) -> None:
-    from slmforge.io import UserError
+    from slmforge.errors import UserError
 
     dropped = session.dropped_turns
     sys.stdout.write("model> ")
@@ -183,7 +183,7 @@ def main(argv=None) -> None:
             from slmforge.modeling import set_threads
             from slmforge.student import load_scorer, predict
 
-            from slmforge.io import UserError
+            from slmforge.errors import UserError
 
             if not Path(args.file).is_file():
                 raise UserError(f"{args.file}: no such file (a JSONL of records to score)")
@@ -198,7 +198,8 @@ def main(argv=None) -> None:
             from pathlib import Path
 
             from slmforge.annotate import annotate, terminal_keys
-            from slmforge.io import UserError, read_jsonl
+            from slmforge.errors import UserError
+            from slmforge.io import read_jsonl
             from slmforge.params import load_params
 
             if not Path(args.sample).is_file():

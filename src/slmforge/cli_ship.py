@@ -117,7 +117,8 @@ def export_command(args) -> None:
 
     from slmforge.domains import pick, select
     from slmforge.export import export
-    from slmforge.io import UserError, atomic_write_json, read_jsonl
+    from slmforge.errors import UserError
+    from slmforge.io import atomic_write_json, read_jsonl
     from slmforge.modeling import set_threads
     from slmforge.params import load_domains, load_params
 
@@ -154,7 +155,7 @@ def publish_command(args) -> None:
 
     from slmforge.adapter_folder import read_adapter_card
     from slmforge.domains import pick
-    from slmforge.io import UserError
+    from slmforge.errors import UserError
     from slmforge.params import load_domains
     from slmforge.publish import lineage, model_card, oracle_cost, read_json_if_any, token_from_env, upload
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from slmforge.io import UserError
+from slmforge.errors import UserError
 from slmforge.oracle.budget import PIPELINE, Budget
 from slmforge.oracle.client import CHARS_PER_TOKEN, estimate_usd
 from slmforge.oracle.types import Request

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from slmforge.io import UserError
+from slmforge.errors import UserError
 from slmforge.oracle.types import Request
 from slmforge.params import OracleParams
 

@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from slmforge.io import UserError
+from slmforge.errors import UserError
 
 # Set for every process by torchrun (LOCAL_RANK) and by accelerate's launchers, the one-process one included
 # (ACCELERATE_MIXED_PRECISION): a process that sees either was launched already and must not launch again.

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from slmforge.io import UserError
+from slmforge.errors import UserError
 from slmforge.params import DomainParams
 
 

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-from slmforge.io import UserError, atomic_dir, atomic_write_json
+from slmforge.errors import UserError
+from slmforge.io import atomic_dir, atomic_write_json
 from slmforge.params import ModelParams
 
 EXPORT_HINT = "run `dvc repro` (train) first"

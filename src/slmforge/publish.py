@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from slmforge.io import UserError
+from slmforge.errors import UserError
 
 LINEAGE_STAGES = ("base", "split")  # the shared artifacts every domain's adapter descends from
 

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from slmforge.io import UserError
+from slmforge.errors import UserError
 
 
 def _name() -> str:

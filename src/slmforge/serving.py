@@ -22,7 +22,7 @@ from fastapi import HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from slmforge.io import UserError
+from slmforge.errors import UserError
 from slmforge.params import ModelParams
 
 BASE_NAME = "base"  # the model id under which the base model alone is served

@@ -20,7 +20,7 @@ import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from slmforge.io import UserError
+from slmforge.errors import UserError
 
 
 @dataclass(frozen=True)

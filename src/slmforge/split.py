@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from slmforge.io import UserError
+from slmforge.errors import UserError
 from slmforge.params import SplitParams
 from slmforge.row_identity import origin_of, question_key, stable_hash, user_text
 

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from slmforge.adapter_folder import save_folder
 from slmforge.finetune import (add_lora, close_live, dvclive_callback, history_summary, open_live, remove_checkpoints,
                                trainer_arguments)
-from slmforge.io import UserError
+from slmforge.errors import UserError
 from slmforge.labeling import overall_score, tier_of
 from slmforge.oracle.prompts import render_row
 from slmforge.params import ModelParams, RubricParams, ScorerParams, as_dict, build

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from slmforge.io import UserError
+from slmforge.errors import UserError
 
 _PROBE = ("slmforge-system-probe", "slmforge-user-probe", "slmforge-answer-probe")
 _KEEPS_SYSTEM: dict[str, bool] = {}

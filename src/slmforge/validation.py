@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from slmforge.io import UserError
+from slmforge.errors import UserError
 from slmforge.params import SECTIONS, SOURCE_PARAMS, DomainParams, build
 
 Check = Callable[[Any], bool]

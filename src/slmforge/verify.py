@@ -27,7 +27,7 @@ from pathlib import Path
 
 import yaml
 
-from slmforge.io import UserError
+from slmforge.errors import UserError
 
 
 @dataclass

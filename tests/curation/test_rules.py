@@ -6,7 +6,7 @@ import pytest
 
 from slmforge.curation import rules
 from slmforge.curation.normalise import normalise_record
-from slmforge.io import UserError
+from slmforge.errors import UserError
 from tests.curation.conftest import ANSWER, QUESTION, doc, pair
 
 

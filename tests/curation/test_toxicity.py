@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from slmforge.curation.toxicity import load_scorer
-from slmforge.io import UserError
+from slmforge.errors import UserError
 
 INSULT = "You are a fucking idiot and a worthless piece of shit"
 STATS = "The two-sided test at alpha 0.05 needs about 30,400 users per arm to detect the lift."

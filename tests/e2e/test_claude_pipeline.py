@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from tests.e2e.conftest import ROOT, copy_project, ran, run_facts, sh
-from tests.oracle.messages_server import _text_of, running_messages_server
+from tests.oracle.messages_server import text_of, running_messages_server
 
 pytestmark = pytest.mark.slow
 
@@ -26,7 +26,7 @@ KEYWORDS = yaml.safe_load((ROOT / "conf/calibration/default.yaml").read_text())[
 
 
 def keyword_judge(body: dict) -> str:
-    prompt = _text_of(body["messages"][0]["content"])
+    prompt = text_of(body["messages"][0]["content"])
     doc = re.search(r"<document>\n(.*?)\n</document>", prompt, re.DOTALL)
     if doc:
         n = int(re.search(r"Write (\d+) different", prompt).group(1))

@@ -13,7 +13,7 @@ from slmforge.evaluation.compare import (check_templates, overfit_policy, overfi
 from slmforge.evaluation.generate import generate
 from slmforge.evaluation.metrics import format_ok, group_of, per_group, units_in
 from slmforge.evaluation.report import render
-from slmforge.io import UserError
+from slmforge.errors import UserError
 from slmforge.params import EvalParams, JudgeParams, NumericsParams, VerdictParams
 
 UNITS = ["%", "days", "day", "weeks", "ms", "$", "USD"]

@@ -58,7 +58,7 @@ def test_a_domain_selects_by_origin_source_tag_and_field():
 def test_a_domain_without_training_rows_is_one_line():
     import pytest
 
-    from slmforge.io import UserError
+    from slmforge.errors import UserError
 
     empty = DomainParams(origins=["finance"], sources=[], tags=[], fields={})
     with pytest.raises(UserError, match="domains.finance selects no train row"):

@@ -38,7 +38,7 @@ def estimate_tokens(text: str) -> int:
     return max(1, math.ceil(len(text) / 4)) if text else 0
 
 
-def _text_of(content) -> str:
+def text_of(content) -> str:
     """The text of a `system` or message `content` value: a string or a list of text blocks."""
     if isinstance(content, str):
         return content
@@ -146,9 +146,9 @@ class MessagesServer:
         if text is None:
             text = self.responder(body)
         system = body.get("system") or ""
-        system_text = _text_of(system)
+        system_text = text_of(system)
         cacheable = isinstance(system, list) and any("cache_control" in b for b in system if isinstance(b, dict))
-        prompt_tokens = sum(self.tokens(_text_of(m.get("content"))) for m in body.get("messages", []))
+        prompt_tokens = sum(self.tokens(text_of(m.get("content"))) for m in body.get("messages", []))
         system_tokens = self.tokens(system_text)
         write = read = 0
         if cacheable:  # like the API: the cached prefix is billed as a write once, then as reads

@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from slmforge.io import UserError
+from slmforge.errors import UserError
 from slmforge.oracle.budget import Budget, BudgetStop, worst_usd
 from slmforge.oracle.client import Oracle, cost, estimate_usd
 from slmforge.oracle.types import Answer

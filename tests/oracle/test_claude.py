@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from slmforge.io import UserError
+from slmforge.errors import UserError
 from slmforge.oracle.claude import ClaudeBackend
 from slmforge.oracle.types import Answer, OracleAuthError, OracleError, Request
 from slmforge.params import OracleParams, build

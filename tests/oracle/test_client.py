@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from slmforge.io import UserError
+from slmforge.errors import UserError
 from slmforge.oracle.cache import AnswerCache
 from slmforge.oracle.claude import ClaudeBackend
 from slmforge.oracle.client import Oracle, estimate_usd

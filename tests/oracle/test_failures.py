@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from slmforge.evaluation.judge import judge_items
-from slmforge.io import UserError
+from slmforge.errors import UserError
 from slmforge.labeling import label_rows
 from slmforge.oracle.cache import AnswerCache
 from slmforge.oracle.claude import ClaudeBackend

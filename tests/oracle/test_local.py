@@ -11,7 +11,7 @@ import jsonschema
 import pytest
 import yaml
 
-from slmforge.io import UserError
+from slmforge.errors import UserError
 from slmforge.oracle.cache import AnswerCache
 from slmforge.oracle.client import Oracle
 from slmforge.oracle.local import LocalBackend

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from slmforge.io import UserError
+from slmforge.errors import UserError
 from slmforge.params import ApifySourceParams, build
 from slmforge.sources import COLLECTORS, apify
 from tests.sources.loopback import Loopback, json_response

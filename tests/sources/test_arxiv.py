@@ -7,7 +7,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 import pytest
 
-from slmforge.io import UserError
+from slmforge.errors import UserError
 from slmforge.params import ArxivSourceParams, CollectCodeParams, HttpParams
 from slmforge.sources import COLLECTORS
 from slmforge.sources.arxiv import collect

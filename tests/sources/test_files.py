@@ -16,7 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from slmforge.io import UserError, atomic_write_jsonl, read_jsonl
+from slmforge.errors import UserError
+from slmforge.io import atomic_write_jsonl, read_jsonl
 from slmforge.params import FilesSourceParams, build, compose
 from slmforge.sources import COLLECTORS
 

@@ -14,7 +14,7 @@ import datasets
 import pytest
 import yaml
 
-from slmforge.io import UserError
+from slmforge.errors import UserError
 from slmforge.params import HfSourceParams, build, compose
 from slmforge.sources import COLLECTORS
 

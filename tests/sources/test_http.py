@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from slmforge.io import UserError
+from slmforge.errors import UserError
 from slmforge.params import HttpParams
 from slmforge.sources import http
 from tests.sources.loopback import TRUNCATE, Loopback, json_response

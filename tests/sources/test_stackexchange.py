@@ -6,7 +6,7 @@ import secrets
 
 import pytest
 
-from slmforge.io import UserError
+from slmforge.errors import UserError
 from slmforge.params import CollectCodeParams, HttpParams, StackExchangeSourceParams
 from slmforge.sources import COLLECTORS
 from slmforge.sources.records import html_to_text

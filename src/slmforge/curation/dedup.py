@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from slmforge.io import UserError
+from slmforge.errors import UserError
 from slmforge.params import DedupParams
 
 _NON_WORD = re.compile(r"[\W_]+")

@@ -7,7 +7,7 @@ import functools
 import re
 
 from slmforge.curation.normalise import CODE_SPANS, strip_code
-from slmforge.io import UserError
+from slmforge.errors import UserError
 from slmforge.params import RuleParams, build
 
 URL = re.compile(r"https?://\S+|\bwww\.\S+|\b[\w-]+\.(?:com|net|org|io|biz|ly|co)/\S*", re.I)

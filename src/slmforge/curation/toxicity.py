@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from slmforge.io import UserError
+from slmforge.errors import UserError
 from slmforge.params import ToxicityParams
 
 

@@ -16,7 +16,7 @@ from slmforge.evaluation.judge import judge_items, outcome_score
 from slmforge.evaluation.metrics import (aggregate, delta, format_ok, hallucinated, mean_or_nan, per_group,
                                          probe_match, rouge_l)
 from slmforge.evaluation.stats import paired_stats, verdict, win_rate
-from slmforge.io import UserError
+from slmforge.errors import UserError
 from slmforge.params import EvalParams, ModelParams
 from slmforge.templates import strip_think
 

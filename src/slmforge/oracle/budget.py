@@ -21,7 +21,7 @@ import math
 import threading
 from dataclasses import dataclass, field
 
-from slmforge.io import UserError
+from slmforge.errors import UserError
 from slmforge.oracle.types import Request
 from slmforge.params import OracleParams
 

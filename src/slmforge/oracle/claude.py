@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import anthropic
 
-from slmforge.io import UserError
+from slmforge.errors import UserError
 from slmforge.oracle.batches import BatchJournal
 from slmforge.oracle.types import Answer, OracleAuthError, OracleConfigError, OracleError, Request
 from slmforge.params import OracleParams

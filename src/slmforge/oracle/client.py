@@ -15,7 +15,7 @@ import jsonschema
 import json_repair
 from tqdm import tqdm
 
-from slmforge.io import UserError
+from slmforge.errors import UserError
 from slmforge.oracle.batches import BatchJournal
 from slmforge.oracle.budget import Budget, BudgetStop, unbounded, worst_usd
 from slmforge.oracle.cache import AnswerCache, request_key

@@ -4,7 +4,7 @@ stage stops when more than `oracle.max_failure_share` of its requests end as one
 
 from __future__ import annotations
 
-from slmforge.io import UserError
+from slmforge.errors import UserError
 from slmforge.oracle.types import OracleConfigError
 
 

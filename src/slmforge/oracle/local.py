@@ -20,7 +20,7 @@ import json
 import threading
 from pathlib import Path
 
-from slmforge.io import UserError
+from slmforge.errors import UserError
 from slmforge.modeling import model_fingerprint, resolve_base
 from slmforge.oracle.types import Answer, Request
 from slmforge.params import OracleParams

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from slmforge.io import UserError
+from slmforge.errors import UserError
 
 
 @dataclass(frozen=True)

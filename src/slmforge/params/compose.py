@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from slmforge.io import UserError
+from slmforge.errors import UserError
 from slmforge.params.load import read_params_file
 
 

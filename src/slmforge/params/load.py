@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from slmforge.io import UserError
+from slmforge.errors import UserError
 from slmforge.params.data import ChatmlParams, CleanParams, LabelParams, SplitParams, SynthesizeParams
 from slmforge.params.evaluate import EvalParams
 from slmforge.params.oracle import CalibrationParams, OracleParams, RubricParams

@@ -19,7 +19,7 @@ from apify_client import ApifyClient
 from apify_client.errors import ApifyApiError, ApifyClientError
 from tqdm import tqdm
 
-from slmforge.io import UserError
+from slmforge.errors import UserError
 from slmforge.params import ApifySourceParams, TweetFilterParams
 from slmforge.sources.http import redact
 from slmforge.sources.records import now_iso, tweet_pair, tweet_text

@@ -12,7 +12,7 @@ import feedparser
 import requests
 from tqdm import tqdm
 
-from slmforge.io import UserError
+from slmforge.errors import UserError
 from slmforge.params import ArxivSourceParams
 from slmforge.sources import http
 from slmforge.sources.records import arxiv_document, now_iso

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from slmforge.io import UserError, iter_jsonl
+from slmforge.errors import UserError
+from slmforge.io import iter_jsonl
 from slmforge.params import FilesSourceParams
 from slmforge.sources.records import record
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from slmforge.io import UserError
+from slmforge.errors import UserError
 from slmforge.params import HfSourceParams
 from slmforge.sources.files import FORMATS, map_row
 from slmforge.sources.records import now_iso

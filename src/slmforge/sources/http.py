@@ -13,7 +13,7 @@ from urllib.parse import urlencode
 import requests
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
-from slmforge.io import UserError
+from slmforge.errors import UserError
 from slmforge.params import HttpParams
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from slmforge.io import UserError, read_jsonl
+from slmforge.errors import UserError
+from slmforge.io import read_jsonl
 from slmforge.params import SampleSourceParams
 from slmforge.sources.records import arxiv_document, record, stackexchange_pair, tweet_pair
 

@@ -11,7 +11,7 @@ from datetime import datetime, time as dtime, timezone
 import requests
 from tqdm import tqdm
 
-from slmforge.io import UserError
+from slmforge.errors import UserError
 from slmforge.params import StackExchangeSourceParams
 from slmforge.sources import http
 from slmforge.sources.records import now_iso, stackexchange_pair
