@@ -10,7 +10,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from slmforge.adapter_folder import check_template, read_adapter_card
+from slmforge.adapter_folder import check_card_template, read_adapter_card
 from slmforge.errors import UserError
 from slmforge.params import ModelParams
 from slmforge.templates import render, stop_token_ids
@@ -27,7 +27,7 @@ def load_chat_model(params: ModelParams, base_dir: str | Path, base_json: str | 
     resolve_base(base_dir, base_json)  # a missing base is a one-line error before anything loads
     if adapter_dir is not None:
         card = read_adapter_card(adapter_dir)
-        check_template(card, load_tokenizer(base_dir), adapter_dir, base_dir)
+        check_card_template(card, load_tokenizer(base_dir), adapter_dir, base_dir)
     model, tokenizer = load_base(params, base_dir, base_json)
     if adapter_dir is not None:
         from peft import PeftModel

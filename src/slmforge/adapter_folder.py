@@ -77,12 +77,14 @@ def read_adapter_card(adapter_dir: str | Path, hint: str = NO_ADAPTER_HINT) -> d
     return json.loads(card.read_text(encoding="utf-8"))
 
 
-def check_template(card: dict, tokenizer, adapter_dir: str | Path, base_dir: str | Path,
-                   hint: str = NO_ADAPTER_HINT) -> None:
-    """The base's template, rendered with the kwargs the adapter was trained with, must be the adapter's."""
+def check_card_template(card: dict, tokenizer, adapter_dir: str | Path, base_dir: str | Path,
+                        hint: str = NO_ADAPTER_HINT, kwargs: dict | None = None) -> None:
+    """The base's template, rendered with `kwargs` (by default those the adapter was trained with; evaluate passes
+    the ones it renders with), must be the adapter's."""
     from slmforge.templates import template_fingerprint
 
-    kwargs = card["model"].get("chat_template_kwargs") or {}
+    if kwargs is None:
+        kwargs = card["model"].get("chat_template_kwargs") or {}
     if card["template_sha256"] != template_fingerprint(tokenizer, kwargs):
         raise UserError(f"{adapter_dir} was trained with another chat template than {base_dir} has "
                         f"(template_sha256 differs): {hint}")

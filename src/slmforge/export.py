@@ -51,14 +51,14 @@ def merged_model(params: ModelParams, base_dir: str | Path, base_json: str | Pat
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from slmforge.adapter_folder import check_template, read_adapter_card
+    from slmforge.adapter_folder import check_card_template, read_adapter_card
     from slmforge.modeling import resolve_base
 
     card = read_adapter_card(adapter_dir, EXPORT_HINT)
     tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    check_template(card, tokenizer, adapter_dir, base_dir, EXPORT_HINT)
+    check_card_template(card, tokenizer, adapter_dir, base_dir, EXPORT_HINT)
     trained_4bit = card["model"]["load_in_4bit"]
     if source == "trained" and trained_4bit:
         model, layers = dequantised_base(params, base_dir, base_json)

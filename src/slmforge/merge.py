@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from slmforge.adapter_folder import check_template, file_sha256, read_adapter_card
+from slmforge.adapter_folder import check_card_template, file_sha256, read_adapter_card
 from slmforge.io import atomic_dir, atomic_write_json
 
 
@@ -39,7 +39,7 @@ def merge_adapter(base_dir: str | Path, base_json: str | Path, adapter_dir: str 
     where, revision = resolve_base(base_dir, base_json)
     card = read_adapter_card(adapter_dir, MERGE_HINT)
     tokenizer = load_tokenizer(base_dir)
-    check_template(card, tokenizer, adapter_dir, base_dir, MERGE_HINT)
+    check_card_template(card, tokenizer, adapter_dir, base_dir, MERGE_HINT)
     kwargs = {"revision": revision} if revision else {}
     # Merge in float32 whatever the output dtype, so the sum W + BA is not rounded twice.
     model = AutoModelForCausalLM.from_pretrained(where, dtype=torch.float32, device_map={"": "cpu"}, **kwargs)

@@ -50,7 +50,7 @@ def load_served_model(params: ModelParams, base_dir: str | Path, base_json: str 
     tokenizer. Each adapter's chat template is checked against the base's before any weight loads."""
     from transformers import AutoTokenizer
 
-    from slmforge.adapter_folder import check_template, read_adapter_card
+    from slmforge.adapter_folder import check_card_template, read_adapter_card
     from slmforge.modeling import load_base, resolve_base
 
     if BASE_NAME in adapters:
@@ -58,7 +58,7 @@ def load_served_model(params: ModelParams, base_dir: str | Path, base_json: str 
     resolve_base(base_dir, base_json)
     tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
     for name, path in adapters.items():
-        check_template(read_adapter_card(path), tokenizer, path, base_dir)
+        check_card_template(read_adapter_card(path), tokenizer, path, base_dir)
     model, tokenizer = load_base(params, base_dir, base_json)
     if adapters:
         from peft import PeftModel

@@ -8,7 +8,7 @@ import math
 from collections import Counter
 from pathlib import Path
 
-from slmforge.adapter_folder import adapter_sha
+from slmforge.adapter_folder import adapter_sha, check_card_template, read_adapter_card
 from slmforge.chat_tokens import tokenize_within
 from slmforge.evaluation import numerics
 from slmforge.evaluation.generate import generate, prompt_messages, reference, score_references
@@ -19,6 +19,8 @@ from slmforge.evaluation.stats import paired_stats, verdict, win_rate
 from slmforge.errors import UserError
 from slmforge.params import EvalParams, ModelParams
 from slmforge.templates import strip_think
+
+TRAIN_HINT = "run `dvc repro train` first"
 
 # Per-item metrics the statistics are computed on: name -> (kind of item, higher is better).
 PAIRED = {"rouge_l": ("test", True), "nll": ("test", False), "token_accuracy": ("test", True),
@@ -67,13 +69,6 @@ def evaluate_model(model, tokenizer, test_rows: list[dict], probes: list[dict], 
 
 def _float(x: bool | None) -> float | None:
     return None if x is None else float(x)
-
-
-def check_templates(tokenizer_sha: str, adapter_sha: str, adapter_dir: Path) -> None:
-    """The adapter (train) and the base model's tokenizer must render with the same chat template and kwargs."""
-    if tokenizer_sha != adapter_sha:
-        raise UserError(f"{adapter_dir} was trained with another chat template than models/base has "
-                        f"(adapter {adapter_sha[:12]}, base {tokenizer_sha[:12]}): run `dvc repro train`")
 
 
 def overfitting(card_metrics: dict) -> dict:
@@ -167,14 +162,11 @@ def compare(*, test_rows: list[dict], probes: list[dict], model_params: ModelPar
     from transformers import set_seed
 
     from slmforge.modeling import load_base, model_fingerprint, set_threads
-    from slmforge.templates import check_template, template_fingerprint
+    from slmforge.templates import check_template
 
     set_threads()
     set_seed(params.seed)
-    card_path = adapter_dir / "slmforge_adapter.json"
-    if not card_path.exists():
-        raise UserError(f"{card_path} is missing: run `dvc repro train` first")
-    card = json.loads(card_path.read_text())
+    card = read_adapter_card(adapter_dir, TRAIN_HINT)
     if params.max_test_items:
         test_rows = test_rows[: params.max_test_items]
     if params.max_probes:
@@ -182,7 +174,7 @@ def compare(*, test_rows: list[dict], probes: list[dict], model_params: ModelPar
     model, tokenizer = load_base(model_params, base_dir, base_json)
     kwargs = model_params.chat_template_kwargs
     check_template(tokenizer, kwargs)
-    check_templates(template_fingerprint(tokenizer, kwargs), card["template_sha256"], adapter_dir)
+    check_card_template(card, tokenizer, adapter_dir, base_dir, TRAIN_HINT, kwargs)
     pin = json.loads(Path(base_json).read_text()) if Path(base_json).exists() else None
     fingerprint = (f"{model_fingerprint(Path(base_dir), pin)}|4bit={model_params.load_in_4bit}|"
                    f"{model_params.compute_dtype}|{'cuda' if torch.cuda.is_available() else 'cpu'}")
