@@ -190,7 +190,7 @@ def first_repro(tmp_path_factory) -> tuple[Path, str]:
                                                          "scorer: default": "scorer: tiny",
                                                          "sources: [sample]": "sources: [sample, files]",
                                                          "domains: all": "domains: stats_tweets"})
-    out = sh("dvc repro", repo, timeout=1800).stdout  # every stage, the local oracle labelling ~560 rows: minutes
+    out = sh("dvc repro", repo, timeout=3600).stdout  # every stage, the local oracle labelling ~560 rows: minutes
     sh("git add -A && git commit -qm run", repo)
     return repo, out
 
