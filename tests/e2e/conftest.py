@@ -43,7 +43,7 @@ DOMAIN_STAGES = [f"{stage}@{d}" for stage in ("train", "evaluate") for d in DOMA
 
 # --- running commands in a project ------------------------------------------------------------------------------
 
-def sh(cmd: str, cwd: Path, check: bool = True, timeout: int = 900, store: Path | None = None,
+def sh(cmd: str, cwd: Path, check: bool = True, timeout: int = 1800, store: Path | None = None,
        extra_env: dict[str, str] | None = None, log: Path | None = None) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DVC_")}
     # The oracle's answer store lives beside the repo (never in the user's ~/.cache during tests).
